@@ -1,0 +1,3 @@
+from nin_cli.cli import main
+
+main()

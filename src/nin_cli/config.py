@@ -1,0 +1,379 @@
+"""The typed config: one dataclass per Hydra group, composed from `conf/` and validated once.
+
+`compose(overrides)` runs Hydra's composition, then `to_config` checks every key, type, range and choice
+against the dataclasses below and returns a `NinConfig`. Nothing here imports torch, so a bad command line is
+answered before the heavy imports.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from nin_cli.errors import ConfigError
+
+
+def _choice(default: Any, *choices: Any) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+def _range(default: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Any:
+    return field(default=default, metadata={"lo": lo, "hi": hi, "lo_open": lo_open})
+
+
+def _list(*items: Any) -> Any:
+    return field(default_factory=lambda: list(items))
+
+
+DATASETS = ("cifar10", "cifar100", "svhn", "mnist", "imagefolder", "digits", "synthetic")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = _choice("cifar10", *DATASETS)
+    root: str = "~/.cache/nin/data"
+    download: bool = False
+    # Shape and class count as the model sees them; null means "as the dataset's files say".
+    image_shape: list[int] | None = None
+    num_classes: int | None = None
+    val_size: int = _range(10000, lo=0)  # images taken from the END of train as validation (paper §4.1)
+    train_on: str = _choice("train", "train", "train+val")
+    preprocessing: str = _choice("mean_std", "none", "mean_std", "gcn_zca", "gcn_lcn")
+    gcn_scale: float = _range(55.0, lo=0, lo_open=True)
+    zca_bias: float = _range(0.1, lo=0)
+    translate: int = _range(0, lo=0, hi=16)  # pad-and-crop augmentation, pixels
+    flip: bool = False
+    labels: str = _choice("fine", "fine", "coarse")  # CIFAR-100 label set
+    size: int = _range(512, lo=4)  # synthetic: number of images in all
+
+
+@dataclass
+class BlockConfig:
+    kernel: int = _range(3, lo=1)
+    stride: int = _range(1, lo=1)
+    padding: int = _range(1, lo=0)
+    # Output channels of the k×k conv, then of each 1×1 conv. A null last width means "one map per class".
+    widths: list[int | None] = _list(192, 192, None)
+    pool: str = _choice("max", "max", "avg", "none")
+    pool_kernel: int = _range(3, lo=1)
+    pool_stride: int = _range(2, lo=1)
+    dropout: bool = True  # dropout after this block (the paper: every mlpconv but the last)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "nin"
+    arch: str = _choice("nin", "nin")
+    blocks: list[BlockConfig] = field(default_factory=lambda: [BlockConfig()])
+    micro_depth: int | None = _range(None, lo=0, hi=16)  # 1×1 layers per block; null: as the widths list
+    dropout: float = _range(0.5, lo=0, hi=1)
+    batch_norm: bool = False
+    final_relu: bool = True  # the paper keeps the ReLU on the class maps before global pooling
+    init: str = _choice("paper", "paper", "kaiming")
+    init_std: float = _range(0.05, lo=0, lo_open=True)
+    init_std_overrides: dict[str, float] = field(default_factory=dict)  # per layer: conv1, cccp1, ...
+
+
+@dataclass
+class HeadConfig:
+    type: str = _choice("gap", "gap", "fc", "fc_dropout")
+    hidden: list[int] = field(default_factory=list)  # fc heads: hidden linear widths before the classifier
+    dropout: float = _range(0.5, lo=0, hi=1)
+
+
+@dataclass
+class OptimConfig:
+    name: str = _choice("sgd", "sgd", "adamw")
+    lr: float = _range(0.1, lo=0, lo_open=True)
+    momentum: float = _range(0.9, lo=0, hi=1)
+    nesterov: bool = False
+    weight_decay: float = _range(1e-4, lo=0)  # weights only; biases and batch-norm parameters get none
+    bias_lr_mult: float = _range(2.0, lo=0)
+    last_layer_lr_mult: float = _range(0.1, lo=0)
+    betas: list[float] = _list(0.9, 0.999)
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = _choice("paper_plateau", "constant", "milestones", "paper_plateau", "cosine", "onecycle")
+    milestones: list[int] = _list(200, 230)  # epochs at which lr is multiplied by gamma
+    gamma: float = _range(0.1, lo=0, lo_open=True)
+    patience: int = _range(5, lo=1)  # paper_plateau: epochs without a better training accuracy
+    min_delta: float = _range(0.0, lo=0)
+    max_drops: int = _range(2, lo=0)  # paper_plateau: drops before the next plateau ends training
+    warmup_epochs: float = _range(0.0, lo=0)
+    final_lr_mult: float = _range(0.0, lo=0, hi=1)  # cosine / onecycle floor
+    pct_start: float = _range(0.25, lo=0, hi=1)  # onecycle: share of training spent rising
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = _range(260, lo=1)
+    batch_size: int = _range(128, lo=1)
+    eval_batch_size: int = _range(500, lo=1)
+    max_steps_per_epoch: int | None = _range(None, lo=1)  # cap for smoke runs
+    device: str = _choice("auto", "auto", "cpu", "cuda", "mps")
+    precision: str = _choice("fp32", "fp32", "bf16", "fp16")
+    channels_last: bool = True
+    compile: bool = False
+    num_threads: int | None = _range(None, lo=1)
+    seed: int = _range(0, lo=0)
+    deterministic: bool = False
+    label_smoothing: float = _range(0.0, lo=0, hi=1)
+    log_every: int = _range(50, lo=1)  # steps between TensorBoard step scalars (and host syncs)
+    collapse_epochs: int = _range(5, lo=0)  # stop (exit 5) after this many epochs at chance; 0 disables
+    progress: str = _choice("auto", "auto", "rich", "plain", "none")
+
+
+@dataclass
+class NinConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    experiment: str = ""  # name of the preset this run came from, for tables and summaries
+
+
+GROUPS = ("dataset", "model", "head", "optim", "schedule", "trainer", "experiment")
+
+
+def config_dir() -> Path:
+    """`conf/` of the checkout (editable install), or $NIN_CONFIG_DIR."""
+    env = os.environ.get("NIN_CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "conf"
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping to {_type_name(typing.get_args(tp)[1])}"
+    if is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _unknown_key(path: str, key: str, known: list[str]) -> ConfigError:
+    full = f"{path}.{key}" if path else key
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f" (did you mean '{full.rsplit('.', 1)[0] + '.' if path else ''}{near[0]}'?)" if near else ""
+    return ConfigError(f"unknown config key '{full}'{hint}; valid keys here: {', '.join(known)}")
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{path}={value!r}: expected {_type_name(tp)}")
+    if origin in (types.UnionType, typing.Union):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(inner, value, path)
+    if value is None:
+        raise ConfigError(f"{path} is missing: expected {_type_name(tp)}")
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad
+        return _build(tp, value, path)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise bad
+        (item,) = typing.get_args(tp)
+        return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return {str(k): _coerce(typing.get_args(tp)[1], v, f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    raise bad
+
+
+def _check_metadata(f: Any, value: Any, path: str) -> None:
+    meta = f.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        near = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"{path}={value!r}: must be one of {', '.join(map(str, meta['choices']))}{hint}")
+    if value is None or not isinstance(value, int | float):
+        return
+    lo, hi, lo_open = meta.get("lo"), meta.get("hi"), meta.get("lo_open")
+    if (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi):
+        lo_s = "-inf" if lo is None else lo
+        hi_s = "inf" if hi is None else hi
+        raise ConfigError(f"{path}={value!r}: out of range, allowed {'(' if lo_open else '['}{lo_s}, {hi_s}]")
+
+
+def _build(cls: type, node: dict, path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    for key in node:
+        if key not in known:
+            raise _unknown_key(path, str(key), known)
+    kwargs = {}
+    for f in fields(cls):
+        sub = f"{path}.{f.name}" if path else f.name
+        if f.name not in node:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(f"{sub} is missing: expected {_type_name(hints[f.name])}")
+            continue
+        value = _coerce(hints[f.name], node[f.name], sub)
+        _check_metadata(f, value, sub)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _check_consistency(cfg: NinConfig) -> None:
+    blocks = cfg.model.blocks
+    if not blocks:
+        raise ConfigError("model.blocks is empty: a NIN needs at least one mlpconv block")
+    for i, block in enumerate(blocks):
+        if not block.widths:
+            raise ConfigError(f"model.blocks[{i}].widths is empty: give the k×k conv's width at least")
+        if any(w is None for w in block.widths[:-1]) or (block.widths[-1] is None and i != len(blocks) - 1):
+            raise ConfigError(f"model.blocks[{i}].widths={block.widths}: only the last block's last width "
+                              "may be null (one map per class)")
+        if any(w is not None and w < 1 for w in block.widths):
+            raise ConfigError(f"model.blocks[{i}].widths={block.widths}: widths must be >= 1")
+    if cfg.dataset.train_on == "train+val" and cfg.dataset.val_size == 0:
+        raise ConfigError("dataset.train_on=train+val needs dataset.val_size > 0 (there is no val split to add)")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"optim.betas={cfg.optim.betas}: expected two numbers")
+    if cfg.dataset.image_shape is not None and len(cfg.dataset.image_shape) != 3:
+        raise ConfigError(f"dataset.image_shape={cfg.dataset.image_shape}: expected [channels, height, width]")
+
+
+def to_config(node: Any) -> NinConfig:
+    """Validate a composed config (DictConfig or plain dict; a `hydra` key is ignored) into a NinConfig."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(node, DictConfig):
+        try:
+            node = OmegaConf.to_container(node, resolve=True)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"config could not be resolved: {_one_line(str(err))}") from None
+    node = {k: v for k, v in dict(node).items() if k != "hydra"}
+    cfg = _build(NinConfig, node, "")
+    _check_consistency(cfg)
+    return cfg
+
+
+def to_dict(cfg: NinConfig) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- composition
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml")) + sorted(
+        f"{d.name}/{p.stem}" for d in (config_dir() / group).glob("*/") for p in d.glob("*.yaml")
+    )
+
+
+def _hydra_error(err: Exception) -> ConfigError:
+    """Turn Hydra's multi-line composition errors into one line naming the key, value and what is allowed."""
+    text = str(err)
+    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if missing:
+        group, option = missing.groups()
+        options = group_options(group)
+        near = difflib.get_close_matches(option, options, n=1)
+        hint = f" (did you mean '{group}={near[0]}'?)" if near else ""
+        return ConfigError(f"{group}={option}: no such option{hint}; choose one of: {', '.join(options)}")
+    override = re.search(r"Could not override '([^']+)'", text) or re.search(
+        r"Key '([^']+)' is not in struct", text)
+    if override:
+        key = override.group(1)
+        parent, _, leaf = key.rpartition(".")
+        known = _known_keys(parent)
+        if known is not None:
+            return _unknown_key(parent, leaf, known)
+        return ConfigError(f"unknown config key '{key}'")
+    if "Ambiguous value" in text or "add --multirun" in text:
+        return ConfigError("a comma-separated value asks for several runs: use `nin sweep` for that")
+    cause = err.__cause__ or err.__context__
+    detail = _one_line(str(cause)) if cause is not None and str(cause) else _one_line(text)
+    return ConfigError(f"bad override or config: {detail}")
+
+
+def _known_keys(dotted: str) -> list[str] | None:
+    cls: Any = NinConfig
+    for part in filter(None, dotted.split(".")):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        tp = hints[part]
+        if typing.get_origin(tp) is list:
+            tp = typing.get_args(tp)[0]
+        cls = tp
+    return [f.name for f in fields(cls)] if is_dataclass(cls) else None
+
+
+_SWEEP_VALUE = re.compile(r"^[^=]+=(?:[^\[\]{}()'\"]*,|.*\b(range|choice|interval|glob)\()")
+
+
+def check_overrides(overrides: list[str], allow_sweep: bool = False) -> None:
+    for item in overrides:
+        if "=" not in item:
+            if item.startswith("-"):
+                raise ConfigError(f"unknown option '{item}'; overrides look like key=value (see `nin --help`)")
+            raise ConfigError(f"'{item}' is not an override: expected key=value, e.g. trainer.epochs=10")
+        if not allow_sweep and _SWEEP_VALUE.match(item):
+            raise ConfigError(f"'{item}' asks for several runs: use `nin sweep {item}` for that")
+
+
+def compose(overrides: list[str], run_mode: str = "run", with_hydra: bool = False) -> Any:
+    """Compose `conf/config.yaml` with the overrides through Hydra; return the DictConfig (with `hydra`)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    check_overrides(overrides, allow_sweep=run_mode == "multirun")
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
+            return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        raise _hydra_error(err) from None
+
+
+def load_config(overrides: list[str]) -> NinConfig:
+    return to_config(compose(overrides))

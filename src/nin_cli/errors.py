@@ -1,0 +1,41 @@
+"""The exceptions the CLI maps to exit codes (see README, "Exit codes").
+
+Every anticipated failure raises one of these with a one-line message; `cli.main` prints the line and exits
+with the class's code. Anything else is a bug: exit 1 and the traceback goes to a log file.
+"""
+
+
+class NinError(Exception):
+    exit_code = 1
+
+
+class ConfigError(NinError):
+    """Bad command line or config: unknown key, wrong type, out-of-range value, unknown group option."""
+
+    exit_code = 2
+
+
+class DataError(NinError):
+    """A file that is not what it claims: missing or corrupt dataset, truncated or corrupt checkpoint, full disk."""
+
+    exit_code = 3
+
+
+class UnsafeFileError(NinError):
+    """A file refused because loading it could run code (pickled objects, TorchScript given as a checkpoint)."""
+
+    exit_code = 4
+
+
+class DivergedError(NinError):
+    """Training diverged: a non-finite loss, or the loss stuck at chance (ln C)."""
+
+    exit_code = 5
+
+
+class Interrupted(NinError):
+    """Ctrl-C (130) or SIGTERM (143) after the checkpoint was written."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -55,6 +55,61 @@ def run_subprocess(*args: str, cwd: Path, env: dict | None = None, timeout: int 
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def _forked_main(args: list[str], cwd: str, env: dict, log: str) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.chdir(cwd)
+    os.environ.pop("NIN_FAULT_INJECT", None)
+    os.environ.update(env)
+    sys.argv = ["nin", *args]
+    from nin_cli.cli import main
+
+    main()
+
+
+def run_forked(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> Result:
+    """`nin ARGS...` in a real process that can be killed, forked from a server that imported torch and nin once
+    (multiprocessing's forkserver): a fraction of a second per run instead of seconds of imports. `code` is -9
+    after SIGKILL; stdout and stderr come back together in `err`."""
+    import multiprocessing
+    import uuid
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([  # what `nin train` imports, lazily or not (a missing one is skipped)
+        "torch", "torch._dynamo", "torch.optim", "torch.utils.tensorboard", "PIL.Image", "pydantic", "hydra",
+        "hydra._internal.hydra", "hydra._internal.config_loader_impl", "hydra.core.override_parser.overrides_parser",
+        "hydra_plugins.hydra_joblib_launcher.joblib_launcher", "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper",
+        "hydra_plugins.hydra_submitit_launcher.submitit_launcher", "nin_cli.cli", "nin_cli.train",
+        "tensorboard.backend.event_processing.event_file_loader"])
+    log = Path(cwd) / f".child-{uuid.uuid4().hex}.log"
+    proc = ctx.Process(target=_forked_main, args=([str(a) for a in args], str(cwd), env or {}, str(log)))
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        raise TimeoutError(f"nin {' '.join(map(str, args))} ran past {timeout}s")
+    text = log.read_text()
+    log.unlink()
+    return Result(proc.exitcode, "", text)
+
+
 # Small, fast settings for end-to-end runs on synthetic data.
 FAST = ["dataset=synthetic", "model=nin_small", "dataset.image_shape=[3,16,16]", "dataset.size=128",
         "dataset.val_size=16", "trainer.batch_size=16", "trainer.progress=plain", "trainer.epochs=1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One tiny trained run (FAST, 3 epochs) shared by the eval / export / cam / checkpoint tests; read-only."""
+    from nin_cli.cli import main
+
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(run.parent)
+        patch.setattr(sys, "argv", ["nin", "train", *FAST, "trainer.epochs=3", f"hydra.run.dir={run}"])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+    assert exit_.value.code == 0, (run / "train.log").read_text()[-2000:]
+    return run

@@ -2,25 +2,52 @@
 
 A checkpoint is a plain `torch.save` archive (loadable with `torch.load(weights_only=True)`) holding a dict:
 format name and version, the resolved config, model/optimizer state, training state, RNG states, the data's
-classes and preprocessing constants, and `sha256`: a hash over every tensor and value in it, checked on load.
+classes and preprocessing constants, and `sha256`: a hash over every tensor and value in it. The zip's end
+comment carries a second seal, `nin-sha256:<hex>` over every byte before the hex, so any changed byte — also one
+in zip metadata no reader checks — is caught before the file is unpickled.
+
+`load_checkpoint` is the one way any command reads a checkpoint; `load_trained` adds the model on top of it.
+Checks, cheapest and safest first, all before torch allocates or unpickles anything: size and kind of file
+(empty, git-LFS pointer, HTML, safetensors, raw pickle, not a zip) → archive kind (TorchScript, torch.export
+program, plain zip) → declared entry sizes against the file's → CRC of every entry → every global the pickle
+imports against an allow-list (no code runs: opcodes are only read) → the byte seal → `torch.load` with
+weights_only=True (whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says) → format, version and content hash.
 """
 
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
+import io
 import os
 import pickle
+import pickletools
+import re
 import zipfile
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-from nin_cli.errors import DataError, UnsafeFileError
+from nin_cli.errors import ConfigError, DataError, UnsafeFileError
+from nin_cli.faults import inject
 
 FORMAT = "nin-checkpoint"
 VERSION = 1
+SEAL_TAG = b"nin-sha256:"
+SEAL_LEN = len(SEAL_TAG) + 64
+MAX_BYTES = 4 << 30  # far above any NIN (the ImageNet one with optimizer state is ~0.1 GB)
+EOCD = b"PK\x05\x06"
+# Everything a nin checkpoint's pickle may import; tensors' storage types are matched by SAFE_STORAGE.
+SAFE_GLOBALS = {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+                "_codecs.encode", "builtins.set", "builtins.frozenset", "__builtin__.set", "__builtin__.frozenset",
+                "torch.Size", "torch.device"}
+SAFE_STORAGE = re.compile(r"torch\.(\w+Storage|float\d*|bfloat16|half|double|u?int\d*|long|short|bool|complex\d*)")
 
 
 def content_hash(obj: Any) -> str:
@@ -45,6 +72,17 @@ def content_hash(obj: Any) -> str:
     return digest.hexdigest()
 
 
+def sealed_bytes(record: dict) -> bytes:
+    """`torch.save(record)` with the byte seal as the zip's end comment (zip readers, torch included, skip it)."""
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
+    data = buffer.getvalue()
+    if data[-22:-18] != EOCD or data[-2:] != b"\0\0":
+        raise RuntimeError("torch.save wrote an archive without a plain end record; cannot seal it")
+    data = data[:-2] + SEAL_LEN.to_bytes(2, "little") + SEAL_TAG
+    return data + hashlib.sha256(data).hexdigest().encode()
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -63,13 +101,20 @@ def save_checkpoint(path: str | Path, payload: dict) -> str:
     record = {"format": FORMAT, "version": VERSION, **payload}
     record["sha256"] = content_hash(record)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    step = payload.get("state", {}).get("step", -1)  # names the save for fault injection (tests only)
     try:
         with open(tmp, "wb") as f:
-            torch.save(record, f)
+            data = sealed_bytes(record)
+            f.write(data[:len(data) // 2])
+            f.flush()
+            inject("mid_write", step)
+            f.write(data[len(data) // 2:])
             f.flush()
             os.fsync(f.fileno())
         load_checkpoint(tmp)  # verify what reached the disk before it replaces anything
+        inject("before_rename", step)
         os.replace(tmp, path)
+        inject("after_rename", step)
         _fsync_dir(path.parent)
     except OSError as err:
         tmp.unlink(missing_ok=True)
@@ -82,45 +127,197 @@ def save_checkpoint(path: str | Path, payload: dict) -> str:
     return record["sha256"]
 
 
+# ------------------------------------------------------------------------------------------------ loading
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint safely: weights_only always, format and content hash checked.
+    """Load a checkpoint safely (see the module docstring for the order of checks).
 
     Raises DataError (exit 3) for a missing, truncated, corrupt or foreign file, UnsafeFileError (exit 4) for a
-    file that would need code to load.
+    file that would need code to load. The file is read once; every check runs on those same bytes.
     """
     path = Path(path)
-    if not path.is_file():
+    data = _read_bounded(path)
+    _refuse_other_kinds(path, data)
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise DataError(f"{path}: corrupt or truncated archive ({_short(err)})") from None
+    with archive:
+        pickle_name = _classify_archive(path, archive.namelist())
+        _check_declared_sizes(path, archive, len(data))
+        _check_crc(path, archive)
+        _check_globals(path, archive.read(pickle_name))
+    _check_seal(path, data)
+    return _check_record(path, _torch_load(path, data))
+
+
+def _read_bounded(path: Path) -> bytes:
+    if not path.exists():
         raise DataError(f"{path}: no such checkpoint file")
-    if path.stat().st_size == 0:
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file, not a checkpoint")
+    size = path.stat().st_size
+    if size == 0:
         raise DataError(f"{path}: empty file, not a checkpoint")
-    with open(path, "rb") as f:
-        head = f.read(64)
+    if size > MAX_BYTES:
+        raise DataError(f"{path}: {size / 2**30:.1f} GiB, too large for a nin checkpoint (limit "
+                        f"{MAX_BYTES / 2**30:.0f} GiB); refused before reading it")
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read it ({err.strerror or err})") from None
+
+
+def _refuse_other_kinds(path: Path, data: bytes) -> None:
+    """Name the common wrong files by their first bytes; anything else that is not a zip is 'not a checkpoint'."""
+    head = data[:512].lstrip()
     if head.startswith(b"version https://git-lfs"):
         raise DataError(f"{path}: a git-LFS pointer, not the checkpoint; run `git lfs pull` to fetch it")
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"{path}: not a checkpoint (not a PyTorch archive; truncated or another kind of file)")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as err:
-        raise DataError(f"{path}: corrupt archive ({err})") from None
+    if head[:15].lower().startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+        raise DataError(f"{path}: an HTML/XML page, not a checkpoint (a failed download? fetch the file itself)")
+    if len(data) > 8 and data[8:10] in (b'{"', b"{ ") and int.from_bytes(data[:8], "little") < len(data):
+        raise DataError(f"{path}: a safetensors file (weights only, no config), not a nin checkpoint")
+    if not data.startswith(b"PK\x03\x04"):
+        imports = _raw_pickle_globals(data)
+        if imports is not None:
+            _refuse_unsafe(path, imports)  # exit 4 when it would import code; nothing is unpickled
+        if imports is not None and data[:1] == b"\x80":
+            raise DataError(f"{path}: a raw pickle or legacy torch file, not a nin checkpoint (nin writes zip "
+                            "archives)")
+        raise DataError(f"{path}: not a checkpoint (not a PyTorch archive: another kind of file)")
+    if EOCD not in data[-(65536 + 22):]:
+        raise DataError(f"{path}: truncated PyTorch archive (its end record is missing): the file is incomplete")
+
+
+def _check_declared_sizes(path: Path, archive: zipfile.ZipFile, total: int) -> None:
+    """torch allocates each entry's declared size before reading it: refuse sizes the file cannot hold."""
+    declared = 0
+    for info in archive.infolist():
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            raise DataError(f"{path}: entry {info.filename!r} is compressed; PyTorch archives store entries as is")
+        if info.header_offset + info.file_size > total:
+            raise DataError(f"{path}: entry {info.filename!r} declares {info.file_size:,} bytes at offset "
+                            f"{info.header_offset:,}, beyond the file's {total:,} bytes (truncated or forged)")
+        declared += info.file_size
+    if declared > total:
+        raise DataError(f"{path}: entries declare {declared:,} bytes in all, more than the file's {total:,}")
+
+
+def _classify_archive(path: Path, names: list[str]) -> str:
+    """The archive's pickle entry, after refusing TorchScript, torch.export programs and other zips."""
     if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
         raise UnsafeFileError(f"{path}: a TorchScript program, not a checkpoint; refused (it would run code)")
-    if not any(n.endswith("data.pkl") for n in names):
-        raise DataError(f"{path}: a zip archive but not a PyTorch checkpoint")
-    saved_env = os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # never let the env unlock pickle
+    if any(n.endswith(("/models/model.json", "serialized_exported_program.json")) for n in names):
+        raise DataError(f"{path}: a torch.export program (.pt2), not a checkpoint; use `torch.export.load`")
+    pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
+    if len(pickles) != 1:
+        raise DataError(f"{path}: a zip archive but not a PyTorch checkpoint (no single data.pkl)")
+    return pickles[0]
+
+
+def _check_crc(path: Path, archive: zipfile.ZipFile) -> None:
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as err:
+        raise DataError(f"{path}: corrupt archive ({_short(err)})") from None
+    if bad is not None:
+        raise DataError(f"{path}: corrupt archive: entry {bad!r} fails its CRC check (the file was damaged)")
+
+
+def pickle_globals(data: bytes | BinaryIO) -> list[str]:
+    """Every 'module.name' a pickle imports, read from its opcodes without running any of them.
+
+    STACK_GLOBAL takes its names from the two strings pushed before it; when those are not plain string opcodes
+    the import cannot be read, which the caller treats as unsafe. Raises ValueError on a malformed pickle.
+    """
+    found: list[str] = []
+    strings: deque[str | None] = deque(maxlen=2)  # the last two values pushed, when they are strings
+    memo: dict[Any, str | None] = {}
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in ("GLOBAL", "INST"):
+            found.append(str(arg).replace(" ", ".", 1))
+        elif op.name == "STACK_GLOBAL":
+            module, name = tuple(strings) if len(strings) == 2 else (None, None)
+            found.append(f"{module}.{name}" if module and name else "<an import the scanner cannot read>")
+        elif op.name in ("EXT1", "EXT2", "EXT4"):
+            found.append(f"<copyreg extension {arg}>")
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+                       "SHORT_BINSTRING"):
+            strings.append(str(arg))
+        elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+            strings.append(memo.get(arg))
+        elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            memo[arg] = strings[-1] if strings else None
+        elif op.name == "MEMOIZE":
+            memo[len(memo)] = strings[-1] if strings else None
+        elif op.name not in ("PROTO", "FRAME"):
+            strings.append(None)
+    return found
+
+
+def _raw_pickle_globals(data: bytes) -> list[str] | None:
+    """Imports of the pickles at the start of a non-zip file (legacy torch files are several in a row, then raw
+    bytes); None when the file does not even start with a pickle."""
+    stream, found = io.BytesIO(data), []
+    while stream.tell() < len(data):
+        start = stream.tell()
+        try:
+            found += pickle_globals(stream)
+        except Exception:  # noqa: BLE001 - the end of the pickles, or no pickle at all
+            return found if start else None
+    return found
+
+
+def _check_globals(path: Path, data: bytes) -> None:
+    try:
+        imports = pickle_globals(data)
+    except Exception as err:  # noqa: BLE001 - any opcode the reader cannot parse means a damaged pickle
+        raise DataError(f"{path}: corrupt checkpoint (its pickle does not parse: {_short(err)})") from None
+    _refuse_unsafe(path, imports)
+
+
+def _refuse_unsafe(path: Path, imports: list[str]) -> None:
+    unsafe = sorted({g for g in imports if g not in SAFE_GLOBALS and not SAFE_STORAGE.fullmatch(g)})
+    if unsafe:
+        shown = ", ".join(unsafe[:3]) + (f" and {len(unsafe) - 3} more" if len(unsafe) > 3 else "")
+        raise UnsafeFileError(f"{path}: refused, loading it would execute code (it imports {shown}); "
+                              "nothing was run")
+
+
+def _check_seal(path: Path, data: bytes) -> None:
+    if data[-SEAL_LEN:-64] != SEAL_TAG or data[-SEAL_LEN - 22:-SEAL_LEN - 18] != EOCD:
+        raise DataError(f"{path}: a PyTorch file without nin's integrity seal: not a nin checkpoint, or it was "
+                        "rewritten by another tool")
+    if hashlib.sha256(data[:-64]).hexdigest().encode() != data[-64:]:
+        raise DataError(f"{path}: integrity check failed (file hash mismatch): the file is corrupt")
+
+
+@contextmanager
+def _no_unsafe_override() -> Iterator[None]:
+    """torch honours an explicit weights_only=True over this variable; removing it also spares torch's error
+    when both FORCE variables are set. Defence in depth only: the global allow-list has already run."""
+    saved = os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = saved
+
+
+def _torch_load(path: Path, data: bytes) -> Any:
+    try:
+        with _no_unsafe_override():
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as err:
-        reason = str(err).splitlines()[0] if str(err) else "it needs code to load"
         if "Weights only load failed" in str(err) or "Unsupported" in str(err):
             raise UnsafeFileError(f"{path}: refused, loading it would execute code ({_short(err)})") from None
-        raise DataError(f"{path}: corrupt checkpoint ({reason})") from None
-    except Exception as err:  # noqa: BLE001 - any failure to parse means a corrupt file
+        raise DataError(f"{path}: corrupt checkpoint ({_short(err)})") from None
+    except Exception as err:  # noqa: BLE001 - any other failure to parse means a corrupt file
         raise DataError(f"{path}: corrupt or truncated checkpoint ({_short(err)})") from None
-    finally:
-        if saved_env is not None:
-            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = saved_env
+
+
+def _check_record(path: Path, record: Any) -> dict:
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise DataError(f"{path}: a PyTorch file but not a nin checkpoint (no '{FORMAT}' header)")
     if record.get("version") != VERSION:
@@ -133,5 +330,79 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def _short(err: BaseException) -> str:
-    text = " ".join(str(err).split())
+    text = " ".join(str(err).split()) or type(err).__name__
     return text[:160] + ("…" if len(text) > 160 else "")
+
+
+# ------------------------------------------------------------------------------------- model from checkpoint
+
+
+@dataclass
+class Trained:
+    """A checkpoint turned back into a model (eval mode), with everything needed to feed it."""
+
+    path: Path
+    cfg: Any  # NinConfig: the checkpoint's config with the command line's overrides applied
+    model: Any  # NIN
+    classes: list[str]
+    image_shape: list[int]
+    preprocessing: dict
+    record: dict
+
+
+def checkpoint_config(stored: dict, overrides: list[str]) -> Any:
+    """The checkpoint's resolved config with Hydra-grammar overrides on top: `group=option` swaps in that option
+    from conf/, `key=value` / `+key=value` set a value, `~key` removes it. Validated like `nin train`'s."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    from nin_cli.config import GROUPS, check_overrides, compose, to_config
+
+    check_overrides(overrides)
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as err:
+        raise ConfigError(f"bad override: {' '.join(str(err).split())}") from None
+    node = copy.deepcopy(stored)
+    groups = [o for o in parsed if o.key_or_group in GROUPS and not o.is_delete()]
+    if any(o.key_or_group == "experiment" for o in groups):
+        raise ConfigError("experiment=... describes a training run; override the keys to change instead")
+    if groups:
+        composed = OmegaConf.to_container(compose([o.input_line for o in groups]), resolve=True)
+        node.update({o.key_or_group: composed[o.key_or_group] for o in groups})
+    tree = OmegaConf.create(node)
+    for o in parsed:
+        if o in groups:
+            continue
+        if o.is_delete():
+            parent, _, leaf = o.key_or_group.rpartition(".")
+            OmegaConf.select(tree, parent).pop(leaf, None) if parent else tree.pop(leaf, None)
+        else:
+            OmegaConf.update(tree, o.key_or_group, o.value(), merge=False, force_add=True)
+    return to_config(OmegaConf.to_container(tree))
+
+
+def load_trained(path: str | Path, overrides: list[str] | tuple[str, ...] = (), device: str | None = None
+                 ) -> Trained:
+    """Rebuild the model from a checkpoint alone (through `load_checkpoint`), in eval mode on `device`
+    (default: the config's trainer.device, which overrides may change)."""
+    from nin_cli.model import build_model
+    from nin_cli.train import resolve_device
+
+    path = Path(path)
+    record = load_checkpoint(path)
+    data = record.get("data")
+    if not isinstance(record.get("config"), dict) or not isinstance(record.get("model"), dict) or not (
+            isinstance(data, dict) and {"classes", "image_shape", "preprocessing"} <= set(data)):
+        raise DataError(f"{path}: a nin checkpoint without its config, weights or data description")
+    cfg = checkpoint_config(record["config"], list(overrides))
+    classes, shape = list(data["classes"]), list(data["image_shape"])
+    try:
+        model = build_model(cfg.model, cfg.head, shape, len(classes))
+        model.load_state_dict(record["model"])
+    except (RuntimeError, ValueError) as err:
+        hint = "the overrides change the model" if overrides else "its config does not match its weights"
+        raise ConfigError(f"{path}: cannot rebuild the model ({hint}: {_short(err)})") from None
+    target = torch.device(device) if device else resolve_device(cfg.trainer.device)
+    return Trained(path, cfg, model.to(target).eval(), classes, shape, data["preprocessing"], record)

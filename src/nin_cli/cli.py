@@ -22,8 +22,10 @@ OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 def train(ctx: typer.Context) -> None:
     """Train one model: nin train [OVERRIDES...], e.g. dataset=cifar100 model.micro_depth=3."""
     from nin_cli.config import load_config
+    from nin_cli.runs import resume_overrides
 
-    load_config(ctx.args)  # validate before torch is imported or a run directory exists
+    overrides = resume_overrides(list(ctx.args))  # an existing run continues with its own overrides first
+    load_config(overrides)  # validate before torch is imported or a run directory exists
 
     from nin_cli.hydra_app import hydra_run, write_run_files
     from nin_cli.train import fit, resolve_device
@@ -32,10 +34,27 @@ def train(ctx: typer.Context) -> None:
         write_run_files(cfg, run_dir, str(resolve_device(cfg.trainer.device)))
         return fit(cfg, run_dir)
 
-    summary = hydra_run(list(ctx.args), task)
+    summary = hydra_run(overrides, task)
     best = summary["best_val_error"]
     print(f"test error {summary['test_error']:.2f}%"
           + (f", best val error {best:.2f}% (epoch {summary['best_epoch']})" if best is not None else ""))
+
+
+@app.command(context_settings=OVERRIDES)
+def sweep(ctx: typer.Context,
+          summary: Path | None = typer.Option(None, "--summary", metavar="DIR",
+                                              help="Only (re)write and print the summary of the sweep in DIR."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the jobs; launch nothing.")) -> None:
+    """Many runs through Hydra's sweeper and launcher: nin sweep model.dropout=0,0.5 head=gap,fc | +sweep=dropout
+    | hydra/sweeper=optuna | hydra/launcher=joblib|submitit_local|submitit_slurm (see README, "Sweeps")."""
+    from nin_cli.sweep import run_sweep, show_summary
+
+    if summary is not None:
+        if ctx.args:
+            raise ConfigError(f"--summary DIR takes no overrides (got {' '.join(ctx.args)})")
+        show_summary(summary)
+        return
+    run_sweep(list(ctx.args), dry_run=dry_run)
 
 
 @app.command(context_settings=OVERRIDES)
@@ -77,6 +96,94 @@ def info(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=
     console.print(table)
 
 
+@app.command(context_settings=OVERRIDES)
+def data(ctx: typer.Context,
+         download: bool = typer.Option(False, "--download", help="Fetch missing files (where a network exists)."),
+         as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Fetch and verify a dataset's files, build its caches (decoded image folder, fitted ZCA) and report what
+    training will see: nin data dataset=svhn [--download] [--json]."""
+    import dataclasses
+
+    from nin_cli.config import load_config
+
+    cfg = load_config(ctx.args)
+    from nin_cli.data import describe_data, format_report, progress_to_stderr
+
+    with progress_to_stderr():  # "decoding 60,000 images ..." while a first run builds the caches
+        report, classes = describe_data(dataclasses.replace(cfg.dataset, download=cfg.dataset.download or download))
+    print(json.dumps(report) if as_json else format_report(report, classes))
+
+
+@app.command("eval", context_settings=OVERRIDES)
+def eval_(ctx: typer.Context,
+          checkpoint: Path = typer.Argument(..., metavar="CKPT", help="A nin checkpoint (RUN/checkpoints/best.pt)."),
+          split: str = typer.Option("test", "--split", help="test | val | train"),
+          as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+          tta: bool = typer.Option(False, "--tta", help="Average the softmax over each image and its mirror."),
+          out: Path | None = typer.Option(None, "--out", metavar="DIR",
+                                          help="Where metrics.json, confusion.png, tb/ go (default RUN/eval/...).")
+          ) -> None:
+    """Metrics of a checkpoint: top-1/top-5 error, NLL, ECE, per-class accuracy, confusion matrix.
+    Dataset and preprocessing are the checkpoint's; OVERRIDES (dataset.root=..., trainer.device=cpu) change them."""
+    from nin_cli.evaluate import eval_command
+
+    eval_command(checkpoint, list(ctx.args), split, tta, as_json, out)
+
+
+@app.command()
+def export(checkpoint: Path = typer.Argument(..., metavar="CKPT", help="A nin checkpoint."),
+           fmt: str = typer.Option(..., "--format", help="onnx | torchscript | exported-program | safetensors"),
+           out: Path | None = typer.Option(None, "--out", metavar="PATH",
+                                           help="Output file (default: next to CKPT); the sidecar is PATH.json.")
+           ) -> None:
+    """Export with a dynamic batch size; reloaded by its runtime and checked against the eager model (≤ 1e-4)."""
+    from nin_cli.export import export_command
+
+    export_command(checkpoint, fmt, out)
+
+
+@app.command()
+def cam(checkpoint: Path = typer.Argument(..., metavar="CKPT", help="A nin checkpoint with the gap head."),
+        images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files (resized to the model's)."),
+        top: int = typer.Option(3, "--top", min=1, help="Maps of the K most probable classes per image."),
+        out: Path | None = typer.Option(None, "--out", metavar="DIR", help="Where cam.png and cam.json go.")) -> None:
+    """The last mlpconv's per-class confidence maps (before global averaging), overlaid on each image, as PNG."""
+    from nin_cli.cam import cam_command
+
+    cam_command(checkpoint, images, top, out)
+
+
+@app.command()
+def table(run_dirs: list[Path] | None = typer.Argument(None, metavar="RUN_DIRS",
+                                                      help="Run directories or folders holding them (OUT/runs)."),
+          run: bool = typer.Option(False, "--run", help="First train the missing runs (make reproduce-table); "
+                                                        "finished runs are kept."),
+          budget: str | None = typer.Option(None, "--budget", help="full | short | smoke: what --run trains (default "
+                                                                   "smoke); without --run, show only that budget."),
+          rows: str | None = typer.Option(None, "--rows", metavar="KEY,...",
+                                          help="With --run: only these presets, e.g. paper_cifar10,cnn_gap/gap."),
+          cifar10_jpeg: Path | None = typer.Option(None, "--cifar10-jpeg", metavar="DIR",
+                                                   help="With --run: CIFAR-10 rows train on this JPEG copy "
+                                                        "(train/<class>/, test/<class>/), labelled as such."),
+          out: Path = typer.Option(Path("results"), "--out", metavar="DIR",
+                                   help="Where table.md and table.csv go (and runs/ with --run).")) -> None:
+    """The paper's tables with our test errors beside them: the terminal, OUT/table.md and OUT/table.csv."""
+    from rich.console import Console
+
+    from nin_cli.report import show_table
+
+    console = Console(width=None if sys.stdout.isatty() else 150)  # piped or logged: don't fold at 80 columns
+    if run:
+        if run_dirs:
+            raise ConfigError("--run trains into OUT/runs; give RUN_DIRS without --run")
+        from nin_cli.reproduce import reproduce
+
+        run_dirs = reproduce(budget or "smoke", rows.split(",") if rows else None, cifar10_jpeg, out / "runs", console)
+    elif rows or cifar10_jpeg:
+        raise ConfigError("--rows and --cifar10-jpeg choose what --run trains: add --run")
+    show_table(run_dirs or [p for p in [out / "runs"] if p.is_dir()], out, console, budget)  # none yet: paper only
+
+
 def _crash_log() -> Path:
     path = Path("outputs") / f"crash-{time.strftime('%Y%m%d-%H%M%S')}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,9 +205,9 @@ def main() -> None:
     except TyperException as err:
         print(f"nin: error: {err.format_message()} (see `nin --help`)", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # InterruptedNow (a second signal) carries 130 or 143
         print("nin: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(getattr(err, "exit_code", 130))
     except Exception as err:  # a bug: the traceback goes to a file, one line on screen
         print(f"nin: internal error ({type(err).__name__}); traceback in {_crash_log()}", file=sys.stderr)
         sys.exit(1)

@@ -46,11 +46,15 @@ class DatasetConfig:
     train_on: str = _choice("train", "train", "train+val")
     preprocessing: str = _choice("mean_std", "none", "mean_std", "gcn_zca", "gcn_lcn")
     gcn_scale: float = _range(55.0, lo=0, lo_open=True)
-    zca_bias: float = _range(0.1, lo=0)
+    zca_bias: float = _range(0.1, lo=0, lo_open=True)  # > 0: GCN leaves the covariance singular
     translate: int = _range(0, lo=0, hi=16)  # pad-and-crop augmentation, pixels
     flip: bool = False
     labels: str = _choice("fine", "fine", "coarse")  # CIFAR-100 label set
     size: int = _range(512, lo=4)  # synthetic: number of images in all
+    cache_dir: str = "~/.cache/nin/cache"  # decoded image folders, fitted ZCA
+    svhn_extra: bool = True  # SVHN: train on train + extra (the paper) or train alone
+    svhn_val_per_class: int = _range(400, lo=0)  # SVHN validation images per class taken from train
+    svhn_extra_val_per_class: int = _range(200, lo=0)  # ... and from extra
 
 
 @dataclass
@@ -64,12 +68,13 @@ class BlockConfig:
     pool_kernel: int = _range(3, lo=1)
     pool_stride: int = _range(2, lo=1)
     dropout: bool = True  # dropout after this block (the paper: every mlpconv but the last)
+    layer: str = _choice("conv", "conv", "local")  # the k×k layer: shared weights, or locally connected (unshared)
 
 
 @dataclass
 class ModelConfig:
     name: str = "nin"
-    arch: str = _choice("nin", "nin")
+    arch: str = _choice("nin", "nin", "cnn")  # cnn: a conventional CNN, one k×k layer per block (paper §4.6)
     blocks: list[BlockConfig] = field(default_factory=lambda: [BlockConfig()])
     micro_depth: int | None = _range(None, lo=0, hi=16)  # 1×1 layers per block; null: as the widths list
     dropout: float = _range(0.5, lo=0, hi=1)
@@ -129,6 +134,7 @@ class TrainerConfig:
     log_every: int = _range(50, lo=1)  # steps between TensorBoard step scalars (and host syncs)
     collapse_epochs: int = _range(5, lo=0)  # stop (exit 5) after this many epochs at chance; 0 disables
     progress: str = _choice("auto", "auto", "rich", "plain", "none")
+    checkpoint_every_steps: int | None = _range(None, lo=1)  # also save last.pt mid-epoch; null: at epoch ends
 
 
 @dataclass
@@ -140,6 +146,7 @@ class NinConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     experiment: str = ""  # name of the preset this run came from, for tables and summaries
+    resume: str | None = None  # a run directory or checkpoint file to continue (see README, "Reliability")
 
 
 GROUPS = ("dataset", "model", "head", "optim", "schedule", "trainer", "experiment")
@@ -177,6 +184,8 @@ def _unknown_key(path: str, key: str, known: list[str]) -> ConfigError:
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
+    if value == "???":  # OmegaConf's mandatory-value marker, left unset in a config file or on the command line
+        raise ConfigError(f"{path} is missing (???): set it, e.g. {path}=VALUE, expected {_type_name(tp)}")
     bad = ConfigError(f"{path}={value!r}: expected {_type_name(tp)}")
     if origin in (types.UnionType, typing.Union):
         if value is None:
@@ -265,6 +274,11 @@ def _check_consistency(cfg: NinConfig) -> None:
                               "may be null (one map per class)")
         if any(w is not None and w < 1 for w in block.widths):
             raise ConfigError(f"model.blocks[{i}].widths={block.widths}: widths must be >= 1")
+        if cfg.model.arch == "cnn" and len(block.widths) != 1:
+            raise ConfigError(f"model.blocks[{i}].widths={block.widths}: model.arch=cnn blocks are one k×k layer, "
+                              "give one width")
+    if cfg.model.arch == "cnn" and cfg.model.micro_depth:
+        raise ConfigError(f"model.micro_depth={cfg.model.micro_depth}: model.arch=cnn has no 1×1 layers; leave it null")
     if cfg.dataset.train_on == "train+val" and cfg.dataset.val_size == 0:
         raise ConfigError("dataset.train_on=train+val needs dataset.val_size > 0 (there is no val split to add)")
     if len(cfg.optim.betas) != 2:
@@ -360,6 +374,24 @@ def check_overrides(overrides: list[str], allow_sweep: bool = False) -> None:
             raise ConfigError(f"'{item}' asks for several runs: use `nin sweep {item}` for that")
 
 
+def _quote_home(item: str) -> str:
+    """Hydra's grammar has no '~': quote a home path (dataset.root=~/data, which the shell leaves as is)."""
+    key, sep, value = item.partition("=")
+    return f"{key}='{value}'" if sep and value.startswith("~") and not set("'\"\\") & set(value) else item
+
+
+def schema_overrides(overrides: list[str]) -> list[str]:
+    """`group.key=value` for a key the schema knows but the group's YAML may leave out (trainer.num_threads) becomes
+    Hydra's add-or-override `++group.key=value`, so every documented key is settable without a '+'."""
+    out = []
+    for item in map(_quote_home, overrides):
+        key = item.split("=", 1)[0]
+        parent, _, leaf = key.rpartition(".")
+        known = _known_keys(parent) if parent and not key.startswith(("+", "~", "hydra.")) else None
+        out.append(f"++{item}" if known is not None and leaf in known else item)
+    return out
+
+
 def compose(overrides: list[str], run_mode: str = "run", with_hydra: bool = False) -> Any:
     """Compose `conf/config.yaml` with the overrides through Hydra; return the DictConfig (with `hydra`)."""
     from hydra import compose as hydra_compose
@@ -370,7 +402,8 @@ def compose(overrides: list[str], run_mode: str = "run", with_hydra: bool = Fals
     check_overrides(overrides, allow_sweep=run_mode == "multirun")
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
-            return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
+            return hydra_compose(config_name="config", overrides=schema_overrides(overrides),
+                                 return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise _hydra_error(err) from None
 

@@ -1,13 +1,17 @@
-"""Datasets as whole tensors on the training device, the paper's splits, batched on-device augmentation.
+"""Datasets as whole tensors on the training device, the paper's splits, preprocessing, batched augmentation.
 
 `load_data(cfg, device)` returns a `Data`: train / val / test splits whose images are uint8 (normalised per batch
-by `to_input`) or float16 (already preprocessed, e.g. GCN+ZCA), labels int64, all resident on `device`.
-`train_batches` yields augmented batches in a shuffle order that depends only on (seed, epoch), so a resumed
-epoch replays the same batches from any step.
+by `to_input`) or float16 (preprocessed ahead of time: GCN+ZCA, GCN+LCN), labels int64, all resident on
+`device`. The files themselves are read by `datasets.read_dataset`. `train_batches` yields augmented batches in
+an order that depends only on (seed, epoch), so a resumed epoch replays the same batches from any step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from nin_cli.config import DatasetConfig
-from nin_cli.errors import DataError
-from nin_cli.preprocess import apply_zca, channel_mean_std, fit_zca, gcn
+from nin_cli.datasets import RawData, dataset_root, read_cache, read_dataset, write_cache
+from nin_cli.errors import ConfigError
+from nin_cli.preprocess import LCN_KERNEL, LCN_SIGMA, LCN_THRESHOLD, apply_preprocessing, channel_mean_std, fit_zca
+
+log = logging.getLogger(__name__)
+MAX_ZCA_DIM = 3 * 64 * 64  # the whitening matrix is dim² floats: 12,288² × 4 B = 600 MB
 
 
 @dataclass
@@ -51,129 +59,144 @@ class Data:
         return len(self.classes)
 
 
-@dataclass
-class RawData:
-    """Images as published: uint8 NCHW; `train` still holds the validation images at its end."""
-
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    classes: list[str]
-
-
-# ------------------------------------------------------------------------------------------------- sources
-
-
-def _synthetic(cfg: DatasetConfig) -> RawData:
-    """Learnable random images: each class is a fixed random prototype plus per-image noise."""
-    channels, height, width = cfg.image_shape or [3, 32, 32]
-    num_classes = cfg.num_classes or 10
-    g = torch.Generator().manual_seed(1234)
-    prototypes = torch.randn(num_classes, channels, height, width, generator=g)
-    labels = torch.arange(cfg.size) % num_classes
-    labels = labels[torch.randperm(cfg.size, generator=g)]
-    noise = torch.randn(cfg.size, channels, height, width, generator=g)
-    images = (128 + 40 * prototypes[labels] + 40 * noise).clamp(0, 255).to(torch.uint8)
-    n_test = max(1, cfg.size // 5)
-    return RawData(images[n_test:], labels[n_test:], images[:n_test], labels[:n_test],
-                   [f"class{i}" for i in range(num_classes)])
-
-
-def _digits(cfg: DatasetConfig) -> RawData:
-    """scikit-learn's 1,797 8×8 digits (0..16 levels), scaled to uint8; a fixed 360-image test split."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    order = np.random.RandomState(0).permutation(len(bunch.target))
-    images = torch.from_numpy((bunch.images[order] * 255.0 / 16.0).round().astype(np.uint8)).unsqueeze(1)
-    labels = torch.from_numpy(bunch.target[order].astype(np.int64))
-    return RawData(images[360:], labels[360:], images[:360], labels[:360], [str(d) for d in range(10)])
-
-
-def _cifar(cfg: DatasetConfig) -> RawData:
-    from torchvision import datasets
-
-    cls = datasets.CIFAR10 if cfg.name == "cifar10" else datasets.CIFAR100
-    root = Path(cfg.root).expanduser()
-    try:
-        train = cls(str(root), train=True, download=cfg.download)
-        test = cls(str(root), train=False, download=cfg.download)
-    except RuntimeError as err:
-        folder = cls.base_folder
-        raise DataError(f"{cfg.name} not found or corrupt under {root / folder} ({err}); get it with "
-                        f"`nin train dataset={cfg.name} dataset.download=true` where a network exists, or "
-                        f"unpack {cls.filename} from {cls.url.rsplit('/', 1)[0]} into {root}") from None
-
-    def images(ds) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-
-    return RawData(images(train), torch.tensor(train.targets), images(test), torch.tensor(test.targets),
-                   list(train.classes))
-
-
-SOURCES = {"synthetic": _synthetic, "digits": _digits, "cifar10": _cifar, "cifar100": _cifar}
-
-
 # ------------------------------------------------------------------------------------------------ assembly
 
 
 def split_validation(raw: RawData, cfg: DatasetConfig) -> tuple[Split, Split]:
-    """The paper's protocol: the last `val_size` training images are the validation split."""
-    n = len(raw.train_labels)
-    if cfg.val_size >= n:
-        raise DataError(f"dataset.val_size={cfg.val_size} leaves no training images ({n} in the train files)")
-    cut = n - cfg.val_size
-    train = Split(raw.train_images[:cut], raw.train_labels[:cut])
-    val = Split(raw.train_images[cut:], raw.train_labels[cut:])
-    if cfg.train_on == "train+val":
-        train = Split(raw.train_images, raw.train_labels)
-    return train, val
+    """Hold out `raw.val_index` (the paper's validation images); `train_on=train+val` trains on all of them."""
+    images, labels, index = raw.train_images, raw.train_labels, raw.val_index
+    n, k = len(labels), len(index)
+    if k and torch.equal(index, torch.arange(n - k, n)):  # a tail: views, no copy
+        val, rest = Split(images[n - k:], labels[n - k:]), Split(images[:n - k], labels[:n - k])
+    else:
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[index] = False
+        val = Split(images[index], labels[index])
+        rest = Split(images[keep], labels[keep]) if cfg.train_on == "train" else None
+    return (Split(images, labels) if cfg.train_on == "train+val" else rest), val
 
 
-def preprocess(train: Split, val: Split, test: Split, cfg: DatasetConfig) -> tuple[list[Split], dict]:
-    """Fit on the training split only; return the three splits and the constants a consumer needs."""
-    if cfg.preprocessing in ("none", "mean_std"):
-        if cfg.preprocessing == "none":
-            mean, std = torch.zeros(train.images.shape[1]), torch.ones(train.images.shape[1])
-        else:
-            mean, std = channel_mean_std(train.images)
-        return [train, val, test], {"kind": cfg.preprocessing, "mean": mean.tolist(), "std": std.tolist()}
-    if cfg.preprocessing == "gcn_zca":
-        fitted = gcn(train.images.float(), cfg.gcn_scale)
-        mean, whiten = fit_zca(fitted, cfg.zca_bias)
+def content_hash(*tensors: torch.Tensor) -> str:
+    """sha256 over the tensors' shapes and bytes: the key of anything fitted on them."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        array = np.ascontiguousarray(t.cpu().numpy())
+        digest.update(f"{array.dtype} {array.shape}\n".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:32]
 
-        def apply(split: Split) -> Split:
-            whitened = apply_zca(gcn(split.images.float(), cfg.gcn_scale), mean, whiten)
-            return Split(whitened.to(torch.float16), split.labels)
 
-        consts = {"kind": "gcn_zca", "gcn_scale": cfg.gcn_scale, "zca_mean": mean.float(),
-                  "zca_matrix": whiten.float()}
-        return [apply(train), apply(val), apply(test)], consts
-    raise DataError(f"dataset.preprocessing={cfg.preprocessing} is not available for {cfg.name} yet")
+def fit_preprocessing(train: Split, cfg: DatasetConfig, device: torch.device) -> dict:
+    """The constants of `cfg.preprocessing`, fitted on the training split only (what checkpoints store)."""
+    channels = train.images.shape[1]
+    if cfg.preprocessing == "none":
+        return {"kind": "none", "mean": [0.0] * channels, "std": [1.0] * channels}
+    if cfg.preprocessing == "mean_std":
+        mean, std = channel_mean_std(train.images)
+        return {"kind": "mean_std", "mean": mean.tolist(), "std": std.tolist()}
+    if cfg.preprocessing == "gcn_lcn":
+        return {"kind": "gcn_lcn", "gcn_scale": cfg.gcn_scale, "lcn_kernel": LCN_KERNEL, "lcn_sigma": LCN_SIGMA,
+                "lcn_threshold": LCN_THRESHOLD}
+    mean, whiten = cached_zca(train.images, cfg, device)
+    return {"kind": "gcn_zca", "gcn_scale": cfg.gcn_scale, "zca_mean": mean, "zca_matrix": whiten}
+
+
+def cached_zca(images: torch.Tensor, cfg: DatasetConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """GCN+ZCA fitted once per training set: cached under cache_dir/zca/, keyed by the images' hash and the
+    parameters. Returns float32 (mean, P) on the CPU."""
+    dim = images[0].numel()
+    if dim > MAX_ZCA_DIM:
+        raise ConfigError(f"dataset.preprocessing=gcn_zca on {list(images.shape[1:])} images needs a {dim}×{dim} "
+                          f"whitening matrix (at most {MAX_ZCA_DIM}); use mean_std or smaller images")
+    key = content_hash(images) + f"-s{cfg.gcn_scale:g}-b{cfg.zca_bias:g}"
+    path = Path(cfg.cache_dir).expanduser() / "zca" / f"{key}.pt"
+    cached = read_cache(path)
+    if cached is not None:
+        return cached["zca_mean"], cached["zca_matrix"]
+    log.info("fitting ZCA on %d training images (once; cached in %s)", len(images), path)
+    fit_device = device if device.type == "cuda" else torch.device("cpu")  # float64: not on mps
+    mean, whiten = fit_zca(images.to(fit_device), cfg.zca_bias, cfg.gcn_scale)
+    result = {"zca_mean": mean.float().cpu(), "zca_matrix": whiten.float().cpu()}
+    write_cache(path, result)
+    return result["zca_mean"], result["zca_matrix"]
+
+
+def prepare_split(split: Split, constants: dict, device: torch.device, chunk: int = 4096) -> Split:
+    """On `device`: uint8 as is (normalised per batch), or preprocessed in chunks into float16 (GCN+ZCA/LCN)."""
+    if constants["kind"] in ("none", "mean_std"):
+        return split.to(device)
+    out = torch.empty(split.images.shape, dtype=torch.float16, device=device)
+    for start in range(0, len(split), chunk):
+        part = split.images[start:start + chunk].to(device)
+        out[start:start + chunk] = apply_preprocessing(part, constants)
+    return Split(out, split.labels.to(device))
 
 
 def load_data(cfg: DatasetConfig, device: torch.device) -> Data:
-    if cfg.name not in SOURCES:
-        raise DataError(f"dataset {cfg.name} has no loader yet; available: {', '.join(SOURCES)}")
-    raw = SOURCES[cfg.name](cfg)
+    raw = read_dataset(cfg)
     train, val = split_validation(raw, cfg)
-    test = Split(raw.test_images, raw.test_labels)
-    (train, val, test), consts = preprocess(train, val, test, cfg)
-    return Data(train.to(device), val.to(device), test.to(device), raw.classes, consts)
+    test, classes = Split(raw.test_images, raw.test_labels), raw.classes
+    del raw  # SVHN: the pre-split copy goes before the float16 one is made
+    constants = fit_preprocessing(train, cfg, device)
+    train = prepare_split(train, constants, device)
+    val, test = prepare_split(val, constants, device), prepare_split(test, constants, device)
+    return Data(train, val, test, classes, constants)
+
+
+def describe_data(cfg: DatasetConfig) -> tuple[dict, list[str]]:
+    """What `nin data` reports: fetch/verify the files, build the caches (decoded folder, fitted ZCA) and count
+    what training will see. Preprocessing is fitted, not applied."""
+    raw = read_dataset(cfg)
+    train, val = split_validation(raw, cfg)
+    fit_preprocessing(train, cfg, torch.device("cpu"))
+    root = "" if cfg.name in ("digits", "synthetic") else str(dataset_root(cfg))
+    report = {"dataset": cfg.name, "root": root,
+              "splits": {"train": len(train), "val": len(val), "test": len(raw.test_labels)},
+              "image_shape": list(raw.train_images.shape[1:]), "num_classes": len(raw.classes),
+              "preprocessing": cfg.preprocessing}
+    return report, raw.classes
+
+
+@contextlib.contextmanager
+def progress_to_stderr() -> Iterator[None]:
+    """nin_cli's INFO messages on an interactive stderr for the duration (outside a Hydra run nothing else shows
+    them); scripts keep the one-line-per-error contract."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    logger, handler = logging.getLogger("nin_cli"), logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("nin: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def format_report(report: dict, classes: list[str]) -> str:
+    splits, shown = report["splits"], ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+    return "\n".join([
+        f"dataset        {report['dataset']}" + (f"  ({report['root']})" if report["root"] else ""),
+        f"splits         train {splits['train']:,} · val {splits['val']:,} · test {splits['test']:,}",
+        f"images         {' × '.join(map(str, report['image_shape']))} uint8, preprocessing "
+        f"{report['preprocessing']}",
+        f"classes        {report['num_classes']}: {shown}",
+    ])
 
 
 # ------------------------------------------------------------------------------------------------ batches
 
 
 def to_input(images: torch.Tensor, preprocessing: dict, channels_last: bool = False) -> torch.Tensor:
-    """A batch as the model takes it: float32, normalised (uint8 input) or as stored (float16 input)."""
+    """A batch as the model takes it, float32. uint8 images are preprocessed here with the stored constants
+    (GCN+ZCA/LCN rounded through float16, as training stored them); float16 images are already preprocessed."""
     if images.dtype == torch.uint8:
-        x = images.float().div_(255.0)
-        if "mean" in preprocessing:
-            mean = torch.tensor(preprocessing["mean"], device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(preprocessing["std"], device=x.device).view(1, -1, 1, 1)
-            x = x.sub_(mean).div_(std)
+        x = apply_preprocessing(images, preprocessing)
+        if preprocessing.get("kind") in ("gcn_zca", "gcn_lcn"):
+            x = x.to(torch.float16).float()
     else:
         x = images.float()
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

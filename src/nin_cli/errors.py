@@ -39,3 +39,15 @@ class Interrupted(NinError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class InterruptedNow(KeyboardInterrupt):
+    """A second Ctrl-C or SIGTERM: leave at once, without a checkpoint (130 / 143).
+
+    A KeyboardInterrupt, not an Exception, so no `except Exception` on the way up swallows it; files stay whole
+    because every write is a temp file plus rename.
+    """
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"interrupted again: stopped at once (exit {exit_code}); the last checkpoint is kept")
+        self.exit_code = exit_code

@@ -3,7 +3,8 @@
 This leans on `hydra._internal` (pinned: hydra-core>=1.3,<1.4); tests run a real run so a change shows up.
 
 `hydra_run(overrides, task)` composes `conf/` in RUN mode, makes the run directory (`hydra.run.dir`), writes
-`.hydra/`, configures job logging (train.log) and calls `task(cfg, run_dir)`.
+`.hydra/`, configures job logging (train.log) and calls `task(cfg, run_dir)`. `hydra_multirun(overrides,
+task_function)` is the same for `nin sweep`: Hydra's sweeper and launcher plugins run the jobs (see sweep.py).
 """
 
 from __future__ import annotations
@@ -15,12 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nin_cli.config import NinConfig, config_dir, to_config
-from nin_cli.errors import NinError
+from nin_cli.config import NinConfig, config_dir, schema_overrides, to_config
+from nin_cli.errors import ConfigError, NinError
 
 
 def _log_file(run_dir: Path) -> Path:
     return run_dir / "train.log"
+
+
+def _crash_line(err: BaseException, log_file: Path) -> str:
+    """One line for a bug, whatever the exception's message looks like; the traceback is in `log_file`."""
+    text = " ".join(str(err).split())
+    text = text[:200] + "…" if len(text) > 200 else text
+    return f"internal error ({type(err).__name__}{': ' + text if text else ''}); traceback in {log_file}"
 
 
 def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> Any:
@@ -29,8 +37,12 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import JobStatus, run_job
+    from hydra.errors import HydraException
     from hydra.types import HydraContext, RunMode
     from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nin_cli.config import _hydra_error
 
     def task_function(cfg: DictConfig) -> Any:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -41,12 +53,15 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
         except Exception as err:  # a bug: full traceback to train.log, one line on screen
             with open(_log_file(run_dir), "a") as f:
                 f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}][CRASH]\n{traceback.format_exc()}")
-            raise NinError(f"internal error ({type(err).__name__}: {err}); traceback in {_log_file(run_dir)}") from None
+            raise NinError(_crash_line(err, _log_file(run_dir))) from None
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
         hydra = GlobalHydra.instance().hydra
-        cfg = hydra.compose_config(config_name="config", overrides=overrides, run_mode=RunMode.RUN,
-                                   from_shell=True, with_log_configuration=True)
+        try:
+            cfg = hydra.compose_config(config_name="config", overrides=schema_overrides(overrides),
+                                       run_mode=RunMode.RUN, from_shell=True, with_log_configuration=True)
+        except (HydraException, OmegaConfBaseException, ValueError) as err:
+            raise _hydra_error(err) from None
         cfg.hydra.mode = RunMode.RUN
         callbacks = Callbacks(cfg)
         callbacks.on_run_start(config=cfg, config_name="config")
@@ -69,9 +84,47 @@ def write_run_files(cfg: NinConfig, run_dir: Path, device: str) -> None:
 
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
     path = run_dir / "provenance.json"
-    if path.exists():
-        record = json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text()) if path.exists() else None
+    except ValueError:  # unreadable: start the record again rather than fail the run
+        record = None
+    if isinstance(record, dict):
         record.setdefault("resumes", []).append(provenance(device))
     else:
         record = provenance(device)
+        if cfg.resume:
+            record["resumed_from"] = cfg.resume
     write_json(path, record)
+
+
+def hydra_multirun(overrides: list[str], task_function: Callable[[Any], Any]) -> Any:
+    """Hydra's multirun, as `@hydra.main` does it for `-m`: compose in MULTIRUN mode, let the configured sweeper
+    (`hydra/sweeper=...`) instantiate its launcher (`hydra/launcher=...`) and sweep the task overrides.
+
+    `task_function(cfg: DictConfig)` runs once per job, in this process or another (joblib, submitit), so it must
+    be a module-level function that relies on no in-process state. Returns what the sweeper returns.
+    """
+    from hydra import initialize_config_dir
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.plugins import Plugins
+    from hydra.errors import HydraException
+    from hydra.types import HydraContext, RunMode
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
+        hydra = GlobalHydra.instance().hydra
+        cfg = hydra.compose_config(config_name="config", overrides=overrides, run_mode=RunMode.MULTIRUN,
+                                   from_shell=True, with_log_configuration=True)
+        callbacks = Callbacks(cfg)
+        callbacks.on_multirun_start(config=cfg, config_name="config")
+        try:
+            sweeper = Plugins.instance().instantiate_sweeper(
+                config=cfg, hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
+                task_function=task_function)
+        except (ImportError, HydraException) as err:  # a plugin registered but its own dependencies missing
+            raise ConfigError(f"cannot start the sweeper or launcher ({' '.join(str(err).split())[:200]}); "
+                              "install the sweep plugins: pip install -e '.[sweep]'") from None
+        ret = sweeper.sweep(arguments=OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False))
+        callbacks.on_multirun_end(config=cfg, config_name="config")
+    return ret

@@ -7,9 +7,11 @@ overrides and the "last layer" learning rate address them by those names.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nin_cli.config import BlockConfig, HeadConfig, ModelConfig
@@ -32,20 +34,61 @@ def block_widths(widths: list[int | None], micro_depth: int | None) -> list[int 
     return [widths[0], *hidden, widths[-1]]
 
 
+class LocallyConnected2d(nn.Module):
+    """A k×k layer whose weights are not shared: every output position has its own filter bank and bias
+    (cuda-convnet's "local" layer, used by the conventional CNN of paper §4.6). Input size is fixed at build time.
+
+    weight: (out_h·out_w, in_channels·k·k, out_channels), bias: (out_channels, out_h, out_w).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, in_size: tuple[int, int], kernel: int, stride: int = 1,
+                 padding: int = 0, bias: bool = True):
+        super().__init__()
+        out_h, out_w = ((s + 2 * padding - kernel) // stride + 1 for s in in_size)
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"a locally connected {kernel}×{kernel} layer does not fit {in_size[0]}×{in_size[1]} maps")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.in_size, self.out_size = tuple(in_size), (out_h, out_w)
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.fan_in = in_channels * kernel * kernel
+        bound = 1.0 / math.sqrt(self.fan_in)  # nn.Conv2d's default scale
+        self.weight = nn.Parameter(torch.empty(out_h * out_w, self.fan_in, out_channels).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(out_channels, out_h, out_w)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.in_size:
+            raise ValueError(f"locally connected layer built for {self.in_size} inputs, got {tuple(x.shape[-2:])}")
+        cols = F.unfold(x, self.kernel, padding=self.padding, stride=self.stride)  # (N, in·k·k, positions)
+        # one matrix product per position, on contiguous operands (einsum and strided bmm are far slower on a CPU)
+        out = torch.bmm(cols.permute(2, 0, 1).contiguous(), self.weight)  # (positions, N, out)
+        out = out.permute(1, 2, 0).reshape(len(x), self.out_channels, *self.out_size)
+        return out + self.bias if self.bias is not None else out
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, in_size={self.in_size}, kernel_size={self.kernel}, "
+                f"stride={self.stride}, padding={self.padding}")
+
+
 class MLPConv(nn.Module):
-    """k×k conv → `len(widths) - 1` 1×1 convs, each followed by (batch norm and) ReLU → pool → dropout."""
+    """k×k conv (or locally connected layer) → `len(widths) - 1` 1×1 convs, each followed by (batch norm and)
+    ReLU → pool → dropout. `in_size` (H, W) is needed only by a locally connected layer."""
 
     def __init__(self, in_channels: int, widths: list[int], block: BlockConfig, dropout: float,
-                 batch_norm: bool, last_relu: bool = True, last_batch_norm: bool = True):
+                 batch_norm: bool, last_relu: bool = True, last_batch_norm: bool = True,
+                 in_size: tuple[int, int] | None = None):
         super().__init__()
-        self.convs: list[nn.Conv2d] = []
+        self.convs: list[nn.Module] = []
         layers: list[nn.Module] = []
         channels = in_channels
         for i, width in enumerate(widths):
             last = i == len(widths) - 1
             use_bn = batch_norm and (last_batch_norm or not last)
-            conv = (nn.Conv2d(channels, width, block.kernel, block.stride, block.padding, bias=not use_bn) if i == 0
-                    else nn.Conv2d(channels, width, 1, bias=not use_bn))
+            if i == 0 and block.layer == "local":
+                conv = LocallyConnected2d(channels, width, in_size, block.kernel, block.stride, block.padding,
+                                          bias=not use_bn)
+            else:
+                conv = (nn.Conv2d(channels, width, block.kernel, block.stride, block.padding, bias=not use_bn)
+                        if i == 0 else nn.Conv2d(channels, width, 1, bias=not use_bn))
             self.convs.append(conv)
             layers.append(conv)
             if use_bn:
@@ -76,13 +119,18 @@ class NIN(nn.Module):
         self.head_type = head.type
         blocks = []
         channels = image_shape[0]
+        size = tuple(image_shape[1:])
+        depth = None if model.arch == "cnn" else model.micro_depth  # cnn blocks are their single k×k layer
         for i, block in enumerate(model.blocks):
             last_block = i == len(model.blocks) - 1
-            widths = block_widths(block.widths, model.micro_depth)
+            widths = block_widths(block.widths, depth)
             widths = [num_classes if w is None else w for w in widths]
+            if block.layer == "local":  # unshared weights need the input size: run the blocks so far once
+                with torch.no_grad():
+                    size = tuple(nn.Sequential(*blocks).eval()(torch.zeros(1, *image_shape)).shape[-2:])
             blocks.append(MLPConv(channels, widths, block, model.dropout, model.batch_norm,
                                   last_relu=model.final_relu or not last_block or head.type != "gap",
-                                  last_batch_norm=not (last_block and head.type == "gap")))
+                                  last_batch_norm=not (last_block and head.type == "gap"), in_size=size))
             channels = blocks[-1].out_channels
         self.features = nn.Sequential(*blocks)
         if head.type == "gap":
@@ -115,11 +163,13 @@ class NIN(nn.Module):
         return self.classifier(maps)
 
     def named_layers(self) -> list[tuple[str, nn.Module]]:
-        """(paper name, layer) for every conv and linear: conv1, cccp1, cccp2, conv2, ..., fc1, ..."""
+        """(paper name, layer) for every conv and linear: conv1, cccp1, cccp2, conv2, ..., fc1, ...; a locally
+        connected k×k layer is named local<block> (conv1, conv2, conv3, local4 for the §4.6 CNN)."""
         names: list[tuple[str, nn.Module]] = []
         cccp = 0
         for i, block in enumerate(self.features):
-            names.append((f"conv{i + 1}", block.convs[0]))
+            kind = "local" if isinstance(block.convs[0], LocallyConnected2d) else "conv"
+            names.append((f"{kind}{i + 1}", block.convs[0]))
             for conv in block.convs[1:]:
                 cccp += 1
                 names.append((f"cccp{cccp}", conv))
@@ -144,6 +194,8 @@ def init_weights(net: NIN, model: ModelConfig) -> None:
     for name, layer in net.named_layers():
         if model.init == "paper":
             nn.init.normal_(layer.weight, 0.0, model.init_std_overrides.get(name, model.init_std))
+        elif isinstance(layer, LocallyConnected2d):  # torch's fan-in rule misreads the 3-D weight
+            nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0 / layer.fan_in))
         else:
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
         if layer.bias is not None:

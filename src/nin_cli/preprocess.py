@@ -1,43 +1,115 @@
-"""The paper's preprocessing: global contrast normalisation, ZCA whitening, per-channel mean/std.
+"""The paper's preprocessing: global contrast normalisation (GCN), ZCA whitening, LeCun local contrast
+normalisation (LCN), per-channel mean/std.
 
-All functions take and return float tensors of shape (N, C, H, W). Fitting is done in float64.
+Images are (N, C, H, W) tensors. `apply_preprocessing(uint8 images, constants)` is the one function that turns
+raw images into model inputs; training (ahead of time, in chunks) and eval/export/cam (per batch) both call it, so
+a checkpoint's constants reproduce the training inputs exactly. ZCA is fitted in float64, applied in float32.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
+
+LCN_KERNEL, LCN_SIGMA, LCN_THRESHOLD = 7, 2.0, 1e-4  # paper: 7×7 Gaussian, σ = 2, threshold 1e-4
 
 
-def gcn(images: torch.Tensor, scale: float = 55.0, eps: float = 1e-8) -> torch.Tensor:
-    """Per image: subtract the mean over all its values, divide by the L2 norm, multiply by `scale`."""
-    flat = images.reshape(len(images), -1).to(torch.float64)
+def gcn(images: torch.Tensor, scale: float = 55.0, min_norm: float = 1e-8) -> torch.Tensor:
+    """Per image: subtract the mean over all its values, divide by the L2 norm, multiply by `scale`.
+    A flat image (norm below `min_norm`) is only centred, as in pylearn2's global_contrast_normalize."""
+    flat = images.reshape(len(images), -1)
     flat = flat - flat.mean(dim=1, keepdim=True)
-    norms = flat.norm(dim=1, keepdim=True).clamp_min(eps)
-    return (scale * flat / norms).reshape(images.shape).to(images.dtype)
+    norms = flat.norm(dim=1, keepdim=True)
+    norms = torch.where(norms < min_norm, torch.ones_like(norms), norms)
+    return (flat * (scale / norms)).reshape(images.shape)
 
 
-def fit_zca(images: torch.Tensor, bias: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """ZCA on flattened images: cov = XcᵀXc/N + bias·I, P = V diag(1/√λ) Vᵀ. Returns (mean, P) in float64."""
-    flat = images.reshape(len(images), -1).to(torch.float64)
-    mean = flat.mean(dim=0)
-    centred = flat - mean
-    cov = centred.T @ centred / len(flat) + bias * torch.eye(flat.shape[1], dtype=torch.float64)
+def fit_zca(images: torch.Tensor, bias: float = 0.1, gcn_scale: float | None = None,
+            chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """ZCA on flattened images (GCN first when `gcn_scale` is given): cov = XcᵀXc/N + bias·I,
+    P = V diag(1/√λ) Vᵀ. Returns (mean, P) in float64 on the images' device.
+
+    XᵀX is accumulated over chunks, so no float64 copy of the whole set ever exists."""
+    n, dim = len(images), images[0].numel()
+    total = torch.zeros(dim, dtype=torch.float64, device=images.device)
+    gram = torch.zeros(dim, dim, dtype=torch.float64, device=images.device)
+    for start in range(0, n, chunk):
+        x = images[start:start + chunk].reshape(-1, dim).to(torch.float64)
+        if gcn_scale is not None:
+            x = gcn(x, gcn_scale)
+        total += x.sum(dim=0)
+        gram.addmm_(x.T, x)
+    mean = total / n
+    cov = gram / n - torch.outer(mean, mean)
+    cov.diagonal().add_(bias)
     eigvals, eigvecs = torch.linalg.eigh(cov)
-    whiten = eigvecs @ torch.diag(eigvals.rsqrt()) @ eigvecs.T
-    return mean, whiten
+    return mean, (eigvecs * eigvals.rsqrt()) @ eigvecs.T
 
 
-def apply_zca(images: torch.Tensor, mean: torch.Tensor, whiten: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """(x − mean) P, in chunks so the float64 copy never holds a whole dataset."""
-    out = torch.empty(images.shape, dtype=torch.float32)
-    flat_out = out.view(len(images), -1)
-    for start in range(0, len(images), chunk):
-        part = images[start:start + chunk].reshape(-1, mean.numel()).to(torch.float64)
-        flat_out[start:start + chunk] = ((part - mean) @ whiten).to(torch.float32)
-    return out
+def apply_zca(images: torch.Tensor, mean: torch.Tensor, whiten: torch.Tensor) -> torch.Tensor:
+    """(x − mean) P for a batch, in the dtype of `whiten`."""
+    flat = images.reshape(len(images), -1).to(whiten.dtype)
+    return ((flat - mean.to(whiten.dtype)) @ whiten).reshape(images.shape)
+
+
+def gaussian_kernel_1d(size: int = LCN_KERNEL, sigma: float = LCN_SIGMA) -> torch.Tensor:
+    """The normalised 1-D factor of pylearn2's 2-D Gaussian filter: outer(k, k) equals it exactly, because
+    exp(−(x²+y²)/2σ²) separates and its sum is the square of the 1-D sum."""
+    mid = size // 2
+    k = torch.tensor([math.exp(-((i - mid) ** 2) / (2 * sigma ** 2)) for i in range(size)], dtype=torch.float64)
+    return k / k.sum()
+
+
+def _blur(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Zero-padded 'same' Gaussian filter of (N, 1, H, W), as two 1-D passes."""
+    pad = len(k) // 2
+    x = F.conv2d(x, k.view(1, 1, 1, -1), padding=(0, pad))
+    return F.conv2d(x, k.view(1, 1, -1, 1), padding=(pad, 0))
+
+
+def lcn(images: torch.Tensor, size: int = LCN_KERNEL, sigma: float = LCN_SIGMA,
+        threshold: float = LCN_THRESHOLD) -> torch.Tensor:
+    """LeCun local contrast normalisation per channel, as pylearn2's `lecun_lcn` (the maxout/NIN SVHN
+    pipelines): v = x − G∗x; d = √(G∗x²); y = v / max(d, mean of d over the image, threshold)."""
+    n, c, h, w = images.shape
+    x = images.reshape(n * c, 1, h, w)
+    k = gaussian_kernel_1d(size, sigma).to(device=x.device, dtype=x.dtype)
+    centred = x - _blur(x, k)
+    denom = _blur(x * x, k).clamp_min(0).sqrt()  # pylearn2 blurs x², not v²; clamp: rounding below 0
+    divisor = torch.maximum(denom, denom.mean(dim=(2, 3), keepdim=True)).clamp_min(threshold)
+    return (centred / divisor).reshape(n, c, h, w)
 
 
 def channel_mean_std(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of uint8 images, on the [0, 1] scale."""
-    x = images.to(torch.float64) / 255.0
-    return x.mean(dim=(0, 2, 3)).float(), x.std(dim=(0, 2, 3)).clamp_min(1e-6).float()
+    """Per-channel mean and std of uint8 images on the [0, 1] scale, exact: from each channel's histogram."""
+    values = torch.arange(256, dtype=torch.float64)
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).double().cpu()
+        n = counts.sum()
+        mean = (counts * values).sum() / n
+        var = (counts * (values - mean) ** 2).sum() / max(n - 1, 1)
+        means.append(mean / 255.0)
+        stds.append(var.sqrt() / 255.0)
+    return torch.stack(means).float(), torch.stack(stds).clamp_min(1e-6).float()
+
+
+def apply_preprocessing(images: torch.Tensor, constants: dict) -> torch.Tensor:
+    """uint8 (N, C, H, W) images → float32 model inputs, as described by `constants` (Data.preprocessing)."""
+    kind = constants.get("kind", "mean_std")
+    x = images.to(torch.float32)
+    if kind in ("none", "mean_std"):
+        x = x.div_(255.0)
+        if "mean" in constants:
+            mean = torch.as_tensor(constants["mean"], dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+            std = torch.as_tensor(constants["std"], dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+            x = x.sub_(mean).div_(std)
+        return x
+    x = gcn(x, constants["gcn_scale"])
+    if kind == "gcn_zca":
+        return apply_zca(x, constants["zca_mean"].to(x.device), constants["zca_matrix"].to(x.device))
+    if kind == "gcn_lcn":
+        return lcn(x, constants["lcn_kernel"], constants["lcn_sigma"], constants["lcn_threshold"])
+    raise ValueError(f"unknown preprocessing kind {kind!r}")

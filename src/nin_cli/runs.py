@@ -96,15 +96,143 @@ def append_metrics(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def _epoch_of(line: str) -> int | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None  # a line cut short by a crash
+    return row.get("epoch") if isinstance(row, dict) else None
+
+
 def truncate_metrics(path: Path, epochs_done: int) -> None:
-    """On resume: keep only the rows of epochs the checkpoint covers, so no line is duplicated."""
+    """On resume: keep only the rows of epochs the checkpoint covers, so no line is duplicated or cut short."""
     if not path.exists():
         return
     rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line).get("epoch", 0) <= epochs_done]
+    kept = [line for line in rows if (epoch := _epoch_of(line)) is not None and epoch <= epochs_done]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------- resuming a run
+
+
+@contextmanager
+def run_dir_lock(root: Path):
+    """One `nin train` at a time per run directory (two would interleave checkpoints and metrics). An flock on the
+    directory itself: no lock file to leave behind, and the kernel releases it when the process dies."""
+    import fcntl
+
+    from nin_cli.errors import ConfigError
+
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{root} is in use by another `nin train`; wait for it to finish or choose another "
+                              "hydra.run.dir") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(paths: RunPaths) -> list[Path]:
+    """Temp files a killed process left behind (checkpoint and JSON writes). Safe under `run_dir_lock`: no live
+    writer can own them."""
+    stale = [*paths.checkpoints.glob(".*.tmp.*"), *paths.root.glob(".*.tmp"), *paths.tb.glob(".*.tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _keep_event(record: bytes, last_step: int) -> bool:
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    event = Event.FromString(record)
+    hparams = any(v.tag.startswith(("_hparams_/", "hparam/")) for v in event.summary.value)
+    return event.step <= last_step and not hparams
+
+
+def truncate_events(tb: Path, last_step: int) -> None:
+    """On resume: drop from every TensorBoard event file what a crashed attempt logged after the checkpoint's
+    step, a record cut short, and the hparams record (the run writes it again at its end). Each file is rewritten
+    atomically; readers then see each step once, whatever order they read the files in."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    for path in sorted(tb.glob("events.out.tfevents.*")):
+        records = list(RawEventFileLoader(str(path)).Load())
+        kept = [r for r in records if _keep_event(r, last_step)]
+        if len(kept) == len(records) and sum(len(r) + 16 for r in records) == path.stat().st_size:
+            continue  # 16: a record's length, its CRC and the data's CRC
+        tmp = tb / f".truncate.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            writer = RecordWriter(f)
+            for record in kept:
+                writer.write(record)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def _override_key(item: str) -> str:
+    return item.split("=", 1)[0].lstrip("+~")
+
+
+def _override_values(overrides: list[str]) -> dict[str, Any]:
+    """key → parsed value, through Hydra's own grammar (quotes, escapes); {} when it does not parse (compose will
+    report that)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return {}
+    return {o.key_or_group: o.value() for o in parsed}
+
+
+def _run_overrides(run_dir: Path) -> list[str]:
+    """The overrides a run was started with (Hydra's .hydra/overrides.yaml); [] when absent or unreadable."""
+    import yaml
+
+    path = run_dir / ".hydra" / "overrides.yaml"
+    try:
+        items = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    return [str(i) for i in items] if isinstance(items, list) else []
+
+
+def resume_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that continue a run. With `resume=DIR`, or `hydra.run.dir=DIR` naming an existing run, DIR's
+    own overrides come first and the command line's replace those with the same key: `nin train
+    hydra.run.dir=DIR` continues DIR with the config it was started with. `resume=CKPT` continues from a checkpoint
+    file in a new run directory, replaying the overrides of the run it came from (if it sits in one)."""
+    from nin_cli.errors import ConfigError
+
+    values = _override_values(overrides)
+    resume, run_dir = values.get("resume"), values.get("hydra.run.dir")
+    source, keep_run_dir = (Path(run_dir) if isinstance(run_dir, str) else None), True
+    if isinstance(resume, str):
+        target = Path(resume).expanduser()
+        if target.is_file():
+            source, keep_run_dir = (target.parent.parent if target.parent.name == "checkpoints" else None), False
+        elif target.is_dir():
+            if not any((target / "checkpoints").glob("*.pt")):
+                raise ConfigError(f"resume={resume}: no checkpoint in {target / 'checkpoints'} to continue from")
+            if run_dir is not None and Path(str(run_dir)).resolve() != target.resolve():
+                raise ConfigError(f"resume={resume} and hydra.run.dir={run_dir} name different runs; give one")
+            source, overrides = target, [*overrides, f"hydra.run.dir={target}"] if run_dir is None else overrides
+        else:
+            raise ConfigError(f"resume={resume}: no such run directory or checkpoint file")
+    if source is None:
+        return overrides
+    given = {_override_key(o) for o in overrides}
+    dropped = given if keep_run_dir else given | {"resume", "hydra.run.dir"}
+    return [o for o in _run_overrides(source) if _override_key(o) not in dropped] + overrides
 
 
 def progress_mode(setting: str) -> str:

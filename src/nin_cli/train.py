@@ -1,8 +1,11 @@
-"""Training: `fit` runs epochs of `train_one_epoch` + `evaluate`, checkpointing each epoch.
+"""Training: `fit` runs epochs of `train_one_epoch` + `evaluate`, checkpointing each epoch (and every
+`trainer.checkpoint_every_steps` steps, and on SIGINT / SIGTERM).
 
-Learning rates are set every step from `lr_multiplier` (a pure function of progress and the plateau state), so
-resuming needs only the step counter and `TrainState`. Losses and accuracies are summed on the device and read
-once per log interval: no host synchronisation per step on a GPU.
+Resume is bit-exact on the CPU: learning rates are set every step from `lr_multiplier` (a pure function of
+progress and the plateau state), the data order and augmentation are a function of (seed, epoch, step), and a
+checkpoint holds the model, optimizer, grad scaler, `TrainState` (with the position inside the epoch), the epoch's
+running sums and every RNG. Losses and accuracies are summed on the device and read once per log interval: no host
+synchronisation per step on a GPU (non-finite losses are then caught at the interval and before every save).
 """
 
 from __future__ import annotations
@@ -11,9 +14,14 @@ import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,10 +31,21 @@ from torch import nn
 from nin_cli.checkpoint import load_checkpoint, save_checkpoint
 from nin_cli.config import NinConfig, OptimConfig, ScheduleConfig, to_dict
 from nin_cli.data import Data, load_data, steps_per_epoch, to_input, train_batches
-from nin_cli.errors import ConfigError, DivergedError
+from nin_cli.errors import ConfigError, DataError, DivergedError, Interrupted, InterruptedNow
 from nin_cli.evaluate import evaluate
+from nin_cli.faults import inject
 from nin_cli.model import NIN, build_model
-from nin_cli.runs import RunPaths, append_metrics, epoch_progress, progress_mode, truncate_metrics, write_json
+from nin_cli.runs import (
+    RunPaths,
+    append_metrics,
+    epoch_progress,
+    progress_mode,
+    remove_stale_temps,
+    run_dir_lock,
+    truncate_events,
+    truncate_metrics,
+    write_json,
+)
 
 log = logging.getLogger("nin")
 
@@ -35,6 +54,7 @@ log = logging.getLogger("nin")
 class TrainState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken in all
+    epoch_step: int = 0  # steps taken inside epoch `epoch` (non-zero in a mid-epoch checkpoint)
     best_val_error: float = math.inf
     best_epoch: int = -1
     lr_scale: float = 1.0  # paper_plateau: product of the drops so far
@@ -143,89 +163,361 @@ def update_plateau(state: TrainState, cfg: ScheduleConfig, train_accuracy: float
 # ------------------------------------------------------------------------------------------------- the loop
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                    data: Data, cfg: NinConfig, state: TrainState, writer, advance) -> dict[str, float]:
-    """One pass over the shuffled, augmented training split. Returns {"loss", "accuracy", "images_per_s"}."""
+@dataclass
+class EpochSums:
+    """Running sums of the current epoch, kept on the device and saved in mid-epoch checkpoints, so an epoch
+    resumed halfway reports the same loss and accuracy as one that ran through."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> EpochSums:
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
+
+
+@dataclass
+class StopRequest:
+    """Set by the signal handler; the loop notices it between steps, saves a checkpoint and leaves."""
+
+    signum: int | None = None
+
+
+@dataclass
+class Loop:
+    """What one training run threads through its functions (fit's locals, not a framework)."""
+
+    cfg: NinConfig
+    paths: RunPaths
+    data: Data
+    model: nn.Module  # the module whose weights are saved
+    step_model: nn.Module  # the same, or its torch.compile wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    state: TrainState
+    sums: EpochSums
+    writer: Any
+    stop: StopRequest
+    nonfinite: torch.Tensor  # accelerators: "a loss since the last check was not finite", read lazily
+
+    @property
+    def check_every_step(self) -> bool:
+        """On the CPU reading the loss each step costs nothing; on an accelerator it would stall the queue, so the
+        flag is read at each log interval and before every checkpoint save instead."""
+        return self.nonfinite.device.type == "cpu"
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """SIGINT / SIGTERM ask the loop to finish its step, save and exit 130 / 143; a second one leaves at once.
+
+    The handler only sets a flag (no logging or I/O: it may run in the middle of either)."""
+    stop = StopRequest()
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.signum is not None:
+            raise InterruptedNow(128 + signum)
+        stop.signum = signum
+
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def train_step(loop: Loop, images: torch.Tensor, labels: torch.Tensor, steps: int) -> tuple[torch.Tensor, float]:
+    """One optimizer step; returns its loss and lr multiplier. A non-finite loss raises DivergedError before the
+    update on the CPU, and at the next check on an accelerator (the weights it spoilt are never saved)."""
+    cfg, state, sums = loop.cfg, loop.state, loop.sums
     tr = cfg.trainer
-    model.train()
-    device = data.train.images.device
-    steps = steps_per_epoch(len(data.train), tr.batch_size, tr.max_steps_per_epoch)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen, start = 0, time.perf_counter()
+    mult = lr_multiplier(cfg.schedule, state.epoch + state.epoch_step / steps, tr.epochs, state.lr_scale)
+    for group in loop.optimizer.param_groups:
+        group["lr"] = group["base_lr"] * mult
     amp = autocast_dtype(tr.precision)
-    for i, (images, labels) in enumerate(train_batches(data.train, tr.batch_size, tr.seed, state.epoch,
-                                                       cfg.dataset.translate, cfg.dataset.flip,
-                                                       max_steps=tr.max_steps_per_epoch)):
-        mult = lr_multiplier(cfg.schedule, state.epoch + i / steps, tr.epochs, state.lr_scale)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * mult
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(to_input(images, data.preprocessing, tr.channels_last))
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=tr.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        state.step += 1
-        loss_sum += loss.detach() * len(labels)
-        correct += (logits.argmax(dim=1) == labels).sum()
-        seen += len(labels)
-        if state.step % tr.log_every == 0 or i == steps - 1:
-            step_loss = loss.item()  # the one host sync per interval
-            if not math.isfinite(step_loss):
-                raise DivergedError(f"training diverged: loss is {step_loss} at epoch {state.epoch + 1}, "
-                                    f"step {state.step}; the last good checkpoint is kept")
-            writer.add_scalar("step/loss", step_loss, state.step)
-            writer.add_scalar("step/lr", optimizer.param_groups[0]["base_lr"] * mult, state.step)
-            writer.add_scalar("step/images_per_s", seen / (time.perf_counter() - start), state.step)
-        advance(1, f"loss {loss_sum.item() / seen:.3f}" if tr.progress == "rich" and i % 10 == 0 else "")
+    device = images.device
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        logits = loop.step_model(to_input(images, loop.data.preprocessing, tr.channels_last))
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=tr.label_smoothing)
+    if inject("loss", state.step + 1):
+        loss = loss * float("nan")
+    if loop.check_every_step:
+        raise_if_diverged(loss.item(), state)
+    else:
+        loop.nonfinite |= ~torch.isfinite(loss.detach())
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.scaler.scale(loss).backward()
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+    state.step += 1
+    state.epoch_step += 1
+    sums.loss += loss.detach() * len(labels)
+    sums.correct += (logits.argmax(dim=1) == labels).sum()
+    sums.seen += len(labels)
+    return loss, mult
+
+
+def raise_if_diverged(loss: float, state: TrainState) -> None:
+    if not math.isfinite(loss):
+        raise DivergedError(f"training diverged: loss is {loss} at epoch {state.epoch + 1}, step {state.step + 1}; "
+                            "the last good checkpoint is kept")
+
+
+def log_step(loop: Loop, loss: torch.Tensor, mult: float, images_per_s: float) -> None:
+    """Step scalars for TensorBoard: the one host synchronisation per log interval."""
+    state = loop.state
+    if not loop.check_every_step and loop.nonfinite.item():
+        raise DivergedError(f"training diverged: a non-finite loss by step {state.step} (epoch {state.epoch + 1}); "
+                            "the last good checkpoint is kept")
+    loop.writer.add_scalar("step/loss", loss.item(), state.step)
+    loop.writer.add_scalar("step/lr", loop.optimizer.param_groups[0]["base_lr"] * mult, state.step)
+    loop.writer.add_scalar("step/images_per_s", images_per_s, state.step)
+
+
+def train_one_epoch(loop: Loop, advance) -> dict[str, float] | None:
+    """The rest of the current epoch (all of it, or from `state.epoch_step` after a mid-epoch resume), in the
+    order train_batches gives for (seed, epoch). Returns {"loss", "accuracy", "images_per_s"}, or None when a
+    signal stopped it between two steps."""
+    cfg, state, sums = loop.cfg, loop.state, loop.sums
+    tr = cfg.trainer
+    loop.step_model.train()
+    steps = steps_per_epoch(len(loop.data.train), tr.batch_size, tr.max_steps_per_epoch)
+    seen_before, start = sums.seen, time.perf_counter()
+    batches = train_batches(loop.data.train, tr.batch_size, tr.seed, state.epoch, cfg.dataset.translate,
+                            cfg.dataset.flip, start_step=state.epoch_step, max_steps=tr.max_steps_per_epoch)
+    for images, labels in batches:
+        if loop.stop.signum is not None:
+            return None
+        loss, mult = train_step(loop, images, labels, steps)
+        if state.step % tr.log_every == 0 or state.epoch_step == steps:  # logged before any save of this step
+            log_step(loop, loss, mult, (sums.seen - seen_before) / (time.perf_counter() - start))
+        inject("after_step", state.step)
+        every = tr.checkpoint_every_steps
+        if every and state.step % every == 0 and state.epoch_step < steps:  # the epoch's end saves anyway
+            save_checkpoints(loop, best=False)
+        advance(1, f"loss {sums.loss.item() / sums.seen:.3f} lr×{mult:.3g}" if tr.progress == "rich"
+                and state.epoch_step % 10 == 0 else "")
     elapsed = time.perf_counter() - start
-    return {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen, "images_per_s": seen / elapsed}
+    return {"loss": sums.loss.item() / sums.seen, "accuracy": sums.correct.item() / sums.seen,
+            "images_per_s": (sums.seen - seen_before) / max(elapsed, 1e-9)}
 
 
-def check_collapse(state: TrainState, cfg: NinConfig, train: dict, num_classes: int) -> None:
-    """The known trap: loss stuck at ln C and chance accuracy (all class maps dead behind the final ReLU)."""
+def end_epoch(loop: Loop, train: dict[str, float], epoch_start: float) -> None:
+    """Validate, advance the plateau rule, write the metrics row and TensorBoard, save best/last, and stop on a
+    collapse. State is complete before the save, so a resume from it repeats nothing and skips nothing."""
+    cfg, state, data, optimizer = loop.cfg, loop.state, loop.data, loop.optimizer
+    tr = cfg.trainer
+    val = evaluate(loop.model, data.val, data.preprocessing, tr.eval_batch_size, tr.channels_last,
+                   autocast_dtype(tr.precision))
+    state.epoch += 1
+    state.epoch_step = 0
+    state.stopped_early = update_plateau(state, cfg.schedule, train["accuracy"])
+    improved = val["n"] > 0 and val["error"] < state.best_val_error
+    if improved:
+        state.best_val_error, state.best_epoch = val["error"], state.epoch
+    collapsed = count_chance_epochs(state, cfg, train, data.num_classes)
+    lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["base_lr"] * cfg.optim.lr
+    row = {"epoch": state.epoch, "step": state.step, "lr": lr, "train_loss": train["loss"],
+           "train_accuracy": train["accuracy"], "val_loss": val["loss"], "val_error": val["error"],
+           "images_per_s": train["images_per_s"], "epoch_time_s": time.perf_counter() - epoch_start}
+    log_epoch(loop.writer, row, tr.epochs)
+    append_metrics(loop.paths.metrics, row)
+    loop.sums = EpochSums.zeros(loop.nonfinite.device)
+    save_checkpoints(loop, best=improved)
+    if collapsed:
+        raise collapse_error(state, train, data.num_classes)
+
+
+def train_epochs(loop: Loop) -> None:
+    """Epochs until `trainer.epochs` or the plateau rule's end; a signal saves where the loop is and raises
+    Interrupted (exit 130 / 143)."""
+    state, tr = loop.state, loop.cfg.trainer
+    mode = progress_mode(tr.progress)
+    while state.epoch < tr.epochs and not state.stopped_early:
+        epoch_start = time.perf_counter()
+        steps = steps_per_epoch(len(loop.data.train), tr.batch_size, tr.max_steps_per_epoch)
+        with epoch_progress(mode, steps, f"epoch {state.epoch + 1}/{tr.epochs}") as advance:
+            advance(state.epoch_step, "")
+            train = train_one_epoch(loop, advance)
+        if train is None:
+            log.warning("%s: saving a checkpoint at step %d, then stopping (again to stop at once)",
+                        signal.Signals(loop.stop.signum).name, state.step)
+            save_checkpoints(loop, best=False)
+            raise interrupted(loop)
+        end_epoch(loop, train, epoch_start)
+        if loop.stop.signum is not None:
+            raise interrupted(loop)
+
+
+def interrupted(loop: Loop) -> Interrupted:
+    signum = loop.stop.signum or signal.SIGINT
+    return Interrupted(f"{signal.Signals(signum).name}: stopped at epoch {loop.state.epoch + 1}, step "
+                       f"{loop.state.step}; saved {loop.paths.last}; `nin train hydra.run.dir={loop.paths.root}` "
+                       "continues", 128 + signum)
+
+
+def count_chance_epochs(state: TrainState, cfg: NinConfig, train: dict, num_classes: int) -> bool:
+    """The known trap: loss stuck at ln C and chance accuracy (all class maps dead behind the final ReLU).
+    Counts such epochs; True when training should stop."""
     chance_loss = math.log(num_classes)
     at_chance = abs(train["loss"] - chance_loss) < 0.01 * chance_loss and train["accuracy"] < 1.5 / num_classes
     state.chance_epochs = state.chance_epochs + 1 if at_chance else 0
-    if cfg.trainer.collapse_epochs and state.chance_epochs >= cfg.trainer.collapse_epochs:
-        raise DivergedError(
-            f"training collapsed to chance: loss {train['loss']:.4f} ≈ ln {num_classes} = {chance_loss:.4f} for "
-            f"{state.chance_epochs} epochs (dead class maps behind the final ReLU); try model.final_relu=false, "
-            "schedule.warmup_epochs=1 or model.batch_norm=true; the last checkpoint is kept")
+    return bool(cfg.trainer.collapse_epochs) and state.chance_epochs >= cfg.trainer.collapse_epochs
 
 
-def checkpoint_payload(model: nn.Module, optimizer, scaler, state: TrainState, cfg: NinConfig, data: Data) -> dict:
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
-           "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()]}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"config": to_dict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "state": asdict(state), "rng": rng,
+def collapse_error(state: TrainState, train: dict, num_classes: int) -> DivergedError:
+    chance_loss = math.log(num_classes)
+    return DivergedError(
+        f"training collapsed to chance: loss {train['loss']:.4f} ≈ ln {num_classes} = {chance_loss:.4f} for "
+        f"{state.chance_epochs} epochs (dead class maps behind the final ReLU); try model.final_relu=false, "
+        "schedule.warmup_epochs=1 or model.batch_norm=true; the last checkpoint is kept")
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def checkpoint_payload(loop: Loop) -> dict:
+    """Everything a bit-exact resume needs: weights, optimizer, scaler, state (epoch, step, position inside the
+    epoch, best metric, plateau rule), the epoch's running sums and every RNG. The data order is a function of
+    (seed, epoch, step), recorded as `data_order`."""
+    state, sums, data = loop.state, loop.sums, loop.data
+    return {"config": to_dict(loop.cfg), "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+            "scaler": loop.scaler.state_dict(), "state": asdict(state), "rng": rng_states(),
+            "epoch_sums": {"loss": sums.loss, "correct": sums.correct, "seen": sums.seen},
+            "data_order": {"seed": loop.cfg.trainer.seed, "epoch": state.epoch, "step": state.epoch_step},
             "data": {"classes": data.classes, "image_shape": data.image_shape, "preprocessing": data.preprocessing}}
 
 
-def restore(path: Path, model: nn.Module, optimizer, scaler) -> TrainState:
-    record = load_checkpoint(path)
-    model.load_state_dict(record["model"])
-    optimizer.load_state_dict(record["optimizer"])
+def raise_if_not_finite(loop: Loop) -> None:
+    """No checkpoint ever holds NaN or inf: checked on the weights, buffers and optimizer state before a save."""
+    if not loop.check_every_step and loop.nonfinite.item():
+        raise DivergedError(f"training diverged: a non-finite loss by step {loop.state.step}; the last good "
+                            "checkpoint is kept")
+    tensors = [t for t in loop.model.state_dict().values() if t.is_floating_point()]
+    tensors += [t for s in loop.optimizer.state.values() for t in s.values()
+                if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if tensors and not torch.stack([t.isfinite().all() for t in tensors]).all():
+        raise DivergedError(f"training diverged: non-finite weights at step {loop.state.step}; the last good "
+                            "checkpoint is kept")
+
+
+def save_checkpoints(loop: Loop, best: bool) -> None:
+    """best.pt (when improved) and last.pt, after TensorBoard is flushed: everything logged up to this step is on
+    disk, so a resume from this checkpoint purges only what came later."""
+    raise_if_not_finite(loop)
+    loop.writer.flush()
+    payload = checkpoint_payload(loop)
+    if best:
+        save_checkpoint(loop.paths.best, payload)
+    save_checkpoint(loop.paths.last, payload)
+
+
+def newest_checkpoint(paths: RunPaths) -> tuple[Path, dict] | None:
+    """The newest complete checkpoint of a run: last.pt, or best.pt when a crash fell between the two saves of an
+    epoch's end. A damaged file is skipped with a warning; only damaged files is exit 3, never a silent restart."""
+    found, errors = [], []
+    for path in (paths.last, paths.best):
+        if not path.exists():
+            continue
+        try:
+            record = load_checkpoint(path)
+        except DataError as err:
+            log.warning("skipping %s", err)
+            errors.append(err)
+            continue
+        found.append((record["state"]["step"], path == paths.last, path, record))
+    if not found and errors:
+        raise DataError(f"{errors[0]}; no complete checkpoint to resume from (move {paths.checkpoints} away to "
+                        "start over)")
+    return max(found, key=lambda f: f[:2])[2:] if found else None
+
+
+def resume_source(cfg: NinConfig, paths: RunPaths) -> tuple[Path, dict] | None:
+    """Where a run continues from: its own newest checkpoint, else `resume=DIR|CKPT`, else nowhere."""
+    own = newest_checkpoint(paths)
+    if own or not cfg.resume:
+        return own
+    target = Path(cfg.resume).expanduser()
+    if target.is_dir():
+        other = newest_checkpoint(RunPaths(target))
+        if other is None:
+            raise DataError(f"resume={cfg.resume}: no checkpoint in {target / 'checkpoints'}")
+        return other
+    return target, load_checkpoint(target)
+
+
+def restore(path: Path, record: dict, loop: Loop) -> None:
+    """Put a checkpoint's state into the loop's model, optimizer, scaler, state, sums and the RNGs."""
+    changed = config_changes(record.get("config", {}), to_dict(loop.cfg))
+    if changed:
+        log.warning("resuming with a changed config: %s", "; ".join(changed[:8]))
+    try:
+        loop.model.load_state_dict(record["model"])
+        loop.optimizer.load_state_dict(record["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ConfigError(f"{path} does not fit the configured model or optimizer ({' '.join(str(err).split())[:200]}"
+                          "); resume with the run's own config") from None
     if record.get("scaler"):
-        scaler.load_state_dict(record["scaler"])
-    rng = record["rng"]
+        loop.scaler.load_state_dict(record["scaler"])
+    known = {f.name for f in fields(TrainState)}
+    loop.state = TrainState(**{k: v for k, v in record["state"].items() if k in known})
+    sums = record.get("epoch_sums")
+    if sums and loop.state.epoch_step:
+        device = loop.nonfinite.device
+        loop.sums = EpochSums(sums["loss"].to(device), sums["correct"].to(device), int(sums["seen"]))
+    restore_rng(record["rng"])
+
+
+def rng_states() -> dict:
+    """Every RNG's state; Python's and NumPy's 624-word states as one tensor each (cheap to pickle and hash)."""
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    rng = {"torch": torch.get_rng_state(),
+           "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
+           "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                     "has_gauss": has_gauss, "cached_gaussian": cached}}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: dict) -> None:
     torch.set_rng_state(rng["torch"])
-    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
-    np.random.set_state((rng["numpy"][0], np.array(rng["numpy"][1], dtype=np.uint32), *rng["numpy"][2:]))
-    if "cuda" in rng and torch.cuda.is_available():
+    py, npy = rng["python"], rng["numpy"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return TrainState(**record["state"])
 
 
-def fit(cfg: NinConfig, run_dir: Path) -> dict:
-    """Train `cfg` in `run_dir` (resuming from checkpoints/last.pt when present); returns the summary."""
+def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """'key: old → new' for every leaf that differs (resume itself aside): a resumed run says what it changed."""
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        name, old, new = f"{prefix}{key}", saved.get(key), current.get(key)
+        if name == "resume":
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += config_changes(old, new, f"{name}.")
+        elif old != new:
+            changes.append(f"{name}: {old!r} → {new!r}")
+    return changes
+
+
+# ------------------------------------------------------------------------------------------------------ fit
+
+
+def setup(cfg: NinConfig, paths: RunPaths, stop: StopRequest) -> Loop:
+    """Device, seeds, data, model, optimizer; then the resume (own checkpoint or resume=...), if any."""
     from torch.utils.tensorboard import SummaryWriter
 
-    paths, tr = RunPaths(run_dir), cfg.trainer
+    tr = cfg.trainer
     device = resolve_device(tr.device)
     if tr.num_threads:
         torch.set_num_threads(tr.num_threads)
@@ -234,54 +526,51 @@ def fit(cfg: NinConfig, run_dir: Path) -> dict:
     model = build_model(cfg.model, cfg.head, data.image_shape, data.num_classes).to(device)
     if tr.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.optim)
-    scaler = torch.amp.GradScaler(device.type, enabled=tr.precision == "fp16")
-    state = restore(paths.last, model, optimizer, scaler) if paths.last.exists() else TrainState()
-    if state.epoch:
-        log.info("resuming %s at epoch %d (step %d)", paths.last, state.epoch, state.step)
-    truncate_metrics(paths.metrics, state.epoch)
-    step_model = torch.compile(model) if tr.compile else model
-    writer = SummaryWriter(str(paths.tb), purge_step=state.step or None)
-    mode = progress_mode(tr.progress)
-    amp = autocast_dtype(tr.precision)
-    start = time.perf_counter()
-    try:
-        while state.epoch < tr.epochs and not state.stopped_early:
-            epoch_start = time.perf_counter()
-            steps = steps_per_epoch(len(data.train), tr.batch_size, tr.max_steps_per_epoch)
-            with epoch_progress(mode, steps, f"epoch {state.epoch + 1}/{tr.epochs}") as advance:
-                train = train_one_epoch(step_model, optimizer, scaler, data, cfg, state, writer, advance)
-            val = evaluate(model, data.val, data.preprocessing, tr.eval_batch_size, tr.channels_last, amp)
-            state.epoch += 1
-            state.stopped_early = update_plateau(state, cfg.schedule, train["accuracy"])
-            improved = val["n"] > 0 and val["error"] < state.best_val_error
-            if improved:
-                state.best_val_error, state.best_epoch = val["error"], state.epoch
-            lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["base_lr"] * cfg.optim.lr
-            row = {"epoch": state.epoch, "step": state.step, "lr": lr, "train_loss": train["loss"],
-                   "train_accuracy": train["accuracy"], "val_loss": val["loss"], "val_error": val["error"],
-                   "images_per_s": train["images_per_s"], "epoch_time_s": time.perf_counter() - epoch_start}
-            log_epoch(writer, row, tr.epochs)
-            append_metrics(paths.metrics, row)
-            payload = checkpoint_payload(model, optimizer, scaler, state, cfg, data)
-            if improved:
-                save_checkpoint(paths.best, payload)
-            save_checkpoint(paths.last, payload)
-            check_collapse(state, cfg, train, data.num_classes)
-        summary = final_summary(model, data, cfg, state, paths, time.perf_counter() - start)
-        writer.add_hparams(hparams(cfg), {"hparam/val_error": summary["best_val_error"] or float("nan"),
-                                          "hparam/test_error": summary["test_error"]}, run_name=".")
-    finally:
-        writer.close()
-    write_json(paths.summary, summary)
+    loop = Loop(cfg, paths, data, model, model, build_optimizer(model, cfg.optim),
+                torch.amp.GradScaler(device.type, enabled=tr.precision == "fp16"), TrainState(),
+                EpochSums.zeros(device), None, stop, torch.zeros((), dtype=torch.bool, device=device))
+    for path in remove_stale_temps(paths):
+        log.info("removed %s, left by an interrupted write", path)
+    source = resume_source(cfg, paths)
+    if source is not None:
+        restore(*source, loop)
+        log.info("resuming from %s at epoch %d, step %d (%d into the epoch)", source[0], loop.state.epoch + 1,
+                 loop.state.step, loop.state.epoch_step)
+    truncate_metrics(paths.metrics, loop.state.epoch)
+    truncate_events(paths.tb, loop.state.step)
+    loop.step_model = torch.compile(model) if tr.compile else model
+    loop.writer = SummaryWriter(str(paths.tb))
+    return loop
+
+
+def fit(cfg: NinConfig, run_dir: Path) -> dict:
+    """Train `cfg` in `run_dir`, continuing from its newest checkpoint (or `resume=`) when there is one; returns
+    the summary. Ctrl-C / SIGTERM: checkpoint, then Interrupted (130 / 143)."""
+    paths = RunPaths(run_dir)
+    with run_dir_lock(run_dir), stop_on_signals() as stop:
+        loop = setup(cfg, paths, stop)
+        start = time.perf_counter()
+        try:
+            train_epochs(loop)
+            summary = final_summary(loop.model, loop.data, cfg, loop.state, paths, time.perf_counter() - start)
+            from nin_cli.cam import log_class_maps  # the paper's confidence maps of a few test images
+
+            log_class_maps(loop.writer, loop.model, loop.data, loop.state.step)
+            loop.writer.add_hparams(hparams(cfg), {"hparam/val_error": summary["best_val_error"] or float("nan"),
+                                                   "hparam/test_error": summary["test_error"]},
+                                    run_name=".", global_step=loop.state.step)
+        finally:
+            loop.writer.close()
+        write_json(paths.summary, summary)
     return summary
 
 
 def log_epoch(writer, row: dict, total_epochs: int) -> None:
+    """Epoch scalars at the global step of the epoch's end: one x-axis for every tag, so a resume can cut
+    everything a crashed attempt logged after its checkpoint's step."""
     for key in ("train_loss", "train_accuracy", "val_loss", "val_error", "lr", "images_per_s"):
         if row[key] == row[key]:  # skip NaN (no validation split)
-            writer.add_scalar(f"epoch/{key}", row[key], row["epoch"])
-    writer.flush()
+            writer.add_scalar(f"epoch/{key}", row[key], row["step"])
     val = f"val err {row['val_error']:5.2f}%" if row["val_error"] == row["val_error"] else "no val split"
     log.info("epoch %*d/%d  train loss %.4f acc %5.2f%%  %s  lr %.3g  %.0f img/s  %.1fs",
              len(str(total_epochs)), row["epoch"], total_epochs, row["train_loss"], 100 * row["train_accuracy"],

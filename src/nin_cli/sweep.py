@@ -1,0 +1,438 @@
+"""`nin sweep`: many runs through Hydra's own sweeper and launcher plugins, and the sweep's summary.
+
+`run_sweep(overrides)` plans first: compose in MULTIRUN mode, list the jobs (the whole grid for the basic sweeper;
+for sampling sweepers such as Optuna one job per candidate value), and validate every job's config. A bad key or
+group option is wrong for the whole sweep: exit 2 before anything runs. A bad value fails only the jobs that carry
+it. Then `hydra_app.hydra_multirun` hands the jobs to the configured sweeper and launcher with `sweep_job` as the
+task. Each job is an ordinary run directory `<hydra.sweep.dir>/<hydra.sweep.subdir>/`; a job that fails leaves
+`failure.json` (one-line reason, exit code) and the others run on. Re-running the same sweep into the same
+directory skips finished jobs (summary.json) and resumes the others (fit continues from checkpoints/last.pt).
+
+`write_summary(sweep_dir)` reads every job directory back into summary.csv, summary.md and a rich table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nin_cli.config import NinConfig, _hydra_error, check_overrides, config_dir, to_config, to_dict
+from nin_cli.errors import ConfigError, DataError, DivergedError, Interrupted, NinError, UnsafeFileError
+
+log = logging.getLogger("nin")
+
+FAILURE = "failure.json"
+INSTALL = "pip install -e '.[sweep]'"
+# The plugins the `sweep` extra brings: group -> option -> the package that registers it.
+PLUGINS = {"hydra/launcher": {"joblib": "hydra-joblib-launcher", "submitit_local": "hydra-submitit-launcher",
+                              "submitit_slurm": "hydra-submitit-launcher"},
+           "hydra/sweeper": {"optuna": "hydra-optuna-sweeper"}}
+ERRORS = {2: ConfigError, 3: DataError, 4: UnsafeFileError, 5: DivergedError}
+
+
+@dataclass
+class Plan:
+    overrides: list[str]  # for hydra_multirun: the user's, with hydra.sweep.dir pinned to one absolute path
+    sweep_dir: Path
+    sweeper: str
+    launcher: str
+    jobs: list[list[str]]  # every job's overrides (basic sweeper), or one per candidate value (sampling sweepers)
+    invalid: dict[int, str] = field(default_factory=dict)  # index in jobs -> why that job's config is invalid
+
+
+@dataclass
+class JobRow:
+    job: str  # the job directory, relative to the sweep directory
+    overrides: list[str]
+    status: str  # done | failed | unfinished
+    best_val_error: float | None = None
+    test_error: float | None = None
+    params: int | None = None
+    wall_time_s: float | None = None
+    reason: str = ""
+    exit_code: int | None = None
+    swept: str = ""  # only the overrides that vary across the sweep's jobs
+
+
+class _StopSweep(KeyboardInterrupt):
+    """Carries a job's Interrupted (Ctrl-C / SIGTERM, checkpoint written) past Hydra's run_job, which records any
+    Exception as one failed job and launches the next. Plain args (message, exit code) so it pickles."""
+
+
+# --------------------------------------------------------------------------------------------------- planning
+
+
+def _compose(hydra: Any, overrides: list[str], multirun: bool = False) -> Any:
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return hydra.compose_config(config_name="config", overrides=list(overrides),
+                                    run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        raise _hydra_error(err) from None
+
+
+def _check_plugins(overrides: list[str], loader: Any) -> None:
+    """`hydra/launcher=joblib` and friends without their plugin installed: say what to install (exit 2)."""
+    for item in overrides:
+        group, _, option = item.lstrip("+").partition("=")
+        if group not in PLUGINS:
+            continue
+        available = loader.get_group_options(group)
+        if option in available:
+            continue
+        if option in PLUGINS[group]:
+            raise ConfigError(f"{group}={option} needs the {PLUGINS[group][option]} plugin: {INSTALL}")
+        raise ConfigError(f"{group}={option}: no such option; choose one of: {', '.join(available)}")
+
+
+def _candidates(override: Any) -> list[str]:
+    from hydra.core.override_parser.types import IntervalSweep
+
+    value = override.value()
+    if isinstance(value, IntervalSweep):  # a sampler may pick anything in between: check both ends
+        return [str(value.start), str(value.end)]
+    return list(override.sweep_string_iterator())
+
+
+def _job_overrides(hydra: Any, cfg: Any) -> list[list[str]]:
+    """The grid BasicSweeper will launch; for sampling sweepers, one job per candidate value of each swept key
+    (choices, interval ends), the other keys at their first: enough to validate every value."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    params = cfg.hydra.sweeper.get("params") or {}  # ready sweeps (+sweep=NAME) put their values here
+    lines = [f"{key}={value}" for key, value in params.items()] + OmegaConf.to_container(cfg.hydra.overrides.task)
+    try:
+        parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(lines)
+    except HydraException as err:
+        raise _hydra_error(err) from None
+    if cfg.hydra.runtime.choices["hydra/sweeper"] == "basic":
+        for override in parsed:
+            if override.is_sweep_override() and not override.is_discrete_sweep():
+                raise ConfigError(f"'{override.input_line}': the grid sweeper needs a list of values; sample a "
+                                  "range with hydra/sweeper=optuna")
+        return BasicSweeper.split_arguments(parsed, None)[0]
+    fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed if not o.is_sweep_override()]
+    swept = [[f"{o.get_key_element()}={v}" for v in _candidates(o)] for o in parsed if o.is_sweep_override()]
+    base = [values[0] for values in swept]
+    jobs = [fixed + base]
+    for i, values in enumerate(swept):
+        jobs += [fixed + base[:i] + [value] + base[i + 1:] for value in values[1:]]
+    return jobs
+
+
+def _checked(cfg: Any) -> NinConfig:
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(cfg, resolve=False)
+    node.pop("hydra")  # resolvable only inside a running job; the schema ignores it anyway
+    return to_config(OmegaConf.create(node))
+
+
+def _validate(hydra: Any, plan: Plan) -> dict[int, str]:
+    """Compose and check every planned job. A composition error (unknown key or group option, bad syntax) or an
+    unknown key stops the sweep (exit 2); a bad value fails only the jobs that carry it, unless every job does."""
+    invalid: dict[int, ConfigError] = {}
+    for i, job in enumerate(plan.jobs):
+        composed = _compose(hydra, job)
+        try:
+            cfg = _checked(composed)
+        except ConfigError as err:
+            if str(err).startswith("unknown config key"):
+                raise
+            invalid[i] = err
+            continue
+        if plan.sweeper != "basic" and cfg.dataset.val_size == 0:
+            raise ConfigError(f"hydra/sweeper={plan.sweeper} minimises the validation error: "
+                              "set dataset.val_size > 0")
+    if invalid and len(invalid) == len(plan.jobs):
+        raise next(iter(invalid.values()))
+    return {i: str(err) for i, err in invalid.items()}
+
+
+def _pin_sweep_dir(overrides: list[str], sweep_dir: Path) -> list[str]:
+    """One absolute sweep directory for every job and process: `${now:}` resolves anew in each process."""
+    kept = [o for o in overrides if not o.lstrip("+").startswith("hydra.sweep.dir=")]
+    quoted = str(sweep_dir).replace("\\", "\\\\").replace("'", "\\'")
+    return [*kept, f"hydra.sweep.dir='{quoted}'"]
+
+
+def plan_sweep(overrides: list[str]) -> Plan:
+    """Compose the sweep, list its jobs and validate each one; nothing is written."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    # conf/config.yaml has no `sweep` default: a ready sweep is appended to the defaults list (`+sweep=X`).
+    # `-m` out of a Hydra user's habit is harmless: nin sweep is always a multirun.
+    overrides = [f"+{o}" if o.startswith("sweep=") else o for o in overrides if o not in ("-m", "--multirun")]
+    check_overrides(overrides, allow_sweep=True)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
+        hydra = GlobalHydra.instance().hydra
+        _check_plugins(overrides, hydra.config_loader)
+        cfg = _compose(hydra, overrides, multirun=True)
+        choices = cfg.hydra.runtime.choices
+        sweep_dir = Path(str(cfg.hydra.sweep.dir)).expanduser().absolute()
+        plan = Plan(_pin_sweep_dir(overrides, sweep_dir), sweep_dir, choices["hydra/sweeper"],
+                    choices["hydra/launcher"], _job_overrides(hydra, cfg))
+        plan.invalid = _validate(hydra, plan)
+    return plan
+
+
+def print_plan(plan: Plan) -> None:
+    what = "jobs" if plan.sweeper == "basic" else "configs checked (the sweeper picks the values)"
+    print(f"sweeper {plan.sweeper}, launcher {plan.launcher}, {len(plan.jobs)} {what}, into {plan.sweep_dir}")
+    for i, swept in enumerate(swept_overrides(plan.jobs)):
+        reason = f"  -> fails: {plan.invalid[i]}" if i in plan.invalid else ""
+        print(f"  #{i} {swept}{reason}")
+
+
+# ------------------------------------------------------------------------------------------------ the sweep
+
+
+def run_sweep(overrides: list[str], dry_run: bool = False) -> list[JobRow]:
+    """Plan, validate, sweep, summarise. Raises the first failed job's error class (its exit code) when any
+    job failed, after the summary is written."""
+    from nin_cli.hydra_app import hydra_multirun
+
+    plan = plan_sweep(overrides)
+    if dry_run:
+        print_plan(plan)
+        return []
+    if plan.sweeper != "basic" and job_dirs(plan.sweep_dir):
+        raise ConfigError(f"hydra/sweeper={plan.sweeper} numbers its trials from 0 on every run and "
+                          f"{plan.sweep_dir} already holds jobs: sweep into a new hydra.sweep.dir")
+    swept = swept_overrides(plan.jobs)
+    for i, reason in plan.invalid.items():
+        print(f"nin: job #{i} ({swept[i]}) will fail: {reason}", file=sys.stderr)
+    rows: list[JobRow] = []
+    try:
+        hydra_multirun(plan.overrides, sweep_job)
+    except _StopSweep as stop:
+        raise Interrupted(*stop.args) from None
+    finally:  # also after Ctrl-C: what finished so far
+        if job_dirs(plan.sweep_dir):
+            rows = show_summary(plan.sweep_dir)
+    failed = [row for row in rows if row.status == "failed"]
+    if failed:
+        first = failed[0]
+        raise ERRORS.get(first.exit_code or 1, NinError)(
+            f"{len(failed)} of {len(rows)} jobs failed; job {first.job} ({first.swept}): {first.reason}")
+    return rows
+
+
+def sweep_job(cfg: Any) -> float:
+    """One job, run by the launcher in this process or another: train (or skip a finished run, or resume) and
+    return the best validation error, which hydra/sweeper=optuna minimises. An anticipated failure is recorded
+    in failure.json with its one-line reason and reported as +inf, never raised: the other jobs run on."""
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    (run_dir / FAILURE).unlink(missing_ok=True)
+    try:
+        summary = _train_job(cfg, run_dir)
+    except Interrupted as err:
+        raise _StopSweep(str(err), err.exit_code) from None
+    except NinError as err:
+        return _record_failure(run_dir, str(err), err.exit_code)
+    except Exception as err:  # a bug: the traceback goes to the job's train.log, one line to the summary
+        with open(run_dir / "train.log", "a") as f:
+            f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}][CRASH]\n{traceback.format_exc()}")
+        return _record_failure(run_dir, f"internal error ({type(err).__name__}: {err}); traceback in "
+                               f"{run_dir / 'train.log'}", 1)
+    value = summary.get("best_val_error")
+    return float(value) if value is not None else math.inf
+
+
+def _train_job(dcfg: Any, run_dir: Path) -> dict:
+    cfg = to_config(dcfg)
+    previous = _finished_run(cfg, run_dir)
+    if previous is not None:
+        log.info("%s: finished already (summary.json), skipped", run_dir)
+        return previous
+    from nin_cli.hydra_app import write_run_files
+    from nin_cli.train import fit, resolve_device
+
+    write_run_files(cfg, run_dir, str(resolve_device(cfg.trainer.device)))
+    return fit(cfg, run_dir)
+
+
+def _finished_run(cfg: NinConfig, run_dir: Path) -> dict | None:
+    """The summary of a finished run of this very config in run_dir (the job is skipped). A run of another config
+    there, left by an earlier and different sweep, is refused rather than mixed in or overwritten."""
+    from omegaconf import OmegaConf
+
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return None
+    if OmegaConf.to_container(OmegaConf.load(saved)) != to_dict(cfg):
+        raise ConfigError(f"{run_dir} holds a run of another config (an earlier sweep?); sweep into a new "
+                          "hydra.sweep.dir")
+    return _read_json(run_dir / "summary.json")
+
+
+def _record_failure(run_dir: Path, reason: str, exit_code: int) -> float:
+    from nin_cli.runs import write_json
+
+    reason = " ".join(reason.split())  # one line in the summary, whatever the error said
+    log.error("job %s failed: %s", run_dir, reason)
+    write_json(run_dir / FAILURE, {"reason": reason, "exit_code": exit_code,
+                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return math.inf  # a number, so Optuna records the trial and its sampler steers away from what failed
+
+
+# ---------------------------------------------------------------------------------------------- the summary
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """Every job directory under a sweep directory (whatever hydra.sweep.subdir made them), in natural order."""
+    found = [p.parent.parent for p in Path(sweep_dir).glob("**/.hydra/overrides.yaml")]
+
+    def key(path: Path) -> list:
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.relative_to(sweep_dir).as_posix())]
+
+    return sorted(found, key=key)
+
+
+def read_job(sweep_dir: Path, run_dir: Path) -> JobRow:
+    from omegaconf import OmegaConf
+
+    overrides = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    row = JobRow(run_dir.relative_to(sweep_dir).as_posix(), overrides, "unfinished")
+    failure, summary = _read_json(run_dir / FAILURE), _read_json(run_dir / "summary.json")
+    if failure is not None:
+        row.status, row.reason, row.exit_code = "failed", failure.get("reason", ""), failure.get("exit_code")
+    elif summary is not None:
+        row.status = "done"
+        row.best_val_error, row.test_error = summary.get("best_val_error"), summary.get("test_error")
+        row.params, row.wall_time_s = summary.get("params"), summary.get("wall_time_s")
+    else:
+        metrics = run_dir / "metrics.jsonl"
+        epochs = sum(1 for line in metrics.read_text().splitlines() if line.strip()) if metrics.exists() else 0
+        row.reason = (f"{epochs} epoch(s) done" if epochs else "stopped mid-epoch" if (
+            run_dir / "checkpoints" / "last.pt").exists() else "not started, or stopped before a checkpoint")
+        row.reason += "; re-run the sweep to resume"
+    return row
+
+
+def swept_overrides(jobs: list[list[str]], swept_keys: frozenset[str] = frozenset()) -> list[str]:
+    """Each job's overrides of the swept keys and of those whose value differs between jobs (all its overrides
+    when there are none)."""
+    values = [dict(o.partition("=")[::2] for o in job) for job in jobs]
+    keys = list(dict.fromkeys(k for v in values for k in v))
+    varying = [k for k in keys if k in swept_keys or len({v.get(k) for v in values}) > 1] or keys
+    return [" ".join(f"{k}={v[k]}" for k in varying if k in v) for v in values]
+
+
+def _swept_keys(sweep_dir: Path) -> frozenset[str]:
+    """The keys given several values, from multirun.yaml (the basic sweeper's record of the sweep): a sweep
+    stopped after its first job still shows what it sweeps."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
+        params = cfg.hydra.sweeper.get("params") or {}
+        lines = [f"{k}={v}" for k, v in params.items()] + list(cfg.hydra.overrides.task)
+        parsed = OverridesParser.create().parse_overrides(lines)
+    except (OSError, HydraException, OmegaConfBaseException):
+        return frozenset()
+    return frozenset(o.get_key_element() for o in parsed if o.is_sweep_override())
+
+
+def _best(rows: list[JobRow]) -> JobRow | None:
+    done = [r for r in rows if r.status == "done" and r.best_val_error is not None]
+    return min(done, key=lambda r: r.best_val_error) if done else None
+
+
+COLUMNS = ("job", "overrides", "status", "best val err %", "test err %", "params", "wall s", "note")
+NUMERIC = COLUMNS[3:7]
+
+
+def _cells(row: JobRow) -> list[str]:
+    def num(value: float | None, spec: str) -> str:
+        return "" if value is None else format(value, spec)
+
+    swept = re.sub(r"(?<==)-?\d+\.\d{5,}\b", lambda m: format(float(m.group()), ".4g"), row.swept)  # Optuna's
+    return [row.job, swept, row.status, num(row.best_val_error, ".2f"), num(row.test_error, ".2f"),
+            num(row.params, ","), num(row.wall_time_s, ".1f"), row.reason]
+
+
+def _write_csv(path: Path, rows: list[JobRow]) -> None:
+    """Full-precision numbers, as in each job's summary.json."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["job", "overrides", "status", "best_val_error", "test_error", "params", "wall_time_s",
+                         "reason"])
+        for r in rows:
+            writer.writerow([r.job, r.swept, r.status, *("" if v is None else v for v in (
+                r.best_val_error, r.test_error, r.params, r.wall_time_s)), r.reason])
+
+
+def _markdown(sweep_dir: Path, rows: list[JobRow]) -> str:
+    lines = [f"# Sweep {sweep_dir}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |" for r in rows]
+    best = _best(rows)
+    counts = {s: sum(r.status == s for r in rows) for s in ("done", "failed", "unfinished")}
+    lines += ["", ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {len(rows)} jobs."]
+    if best is not None:
+        lines.append(f"Best on validation: job {best.job} (`{best.swept}`), {best.best_val_error:.2f}%.")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(sweep_dir: Path) -> list[JobRow]:
+    sweep_dir = Path(sweep_dir)
+    dirs = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
+    if not dirs:
+        raise ConfigError(f"{sweep_dir}: no sweep jobs there (no */.hydra/overrides.yaml)")
+    rows = [read_job(sweep_dir, d) for d in dirs]
+    for row, swept in zip(rows, swept_overrides([r.overrides for r in rows], _swept_keys(sweep_dir)), strict=True):
+        row.swept = swept
+    _write_csv(sweep_dir / "summary.csv", rows)
+    (sweep_dir / "summary.md").write_text(_markdown(sweep_dir, rows))
+    return rows
+
+
+def show_summary(sweep_dir: Path) -> list[JobRow]:
+    """Write summary.csv and summary.md in the sweep directory and print the table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = write_summary(sweep_dir)
+    best = _best(rows)
+    table = Table(title=f"sweep {sweep_dir}")
+    for column in COLUMNS[:-1]:  # the notes go below the table: a narrow terminal keeps the numbers readable
+        table.add_column(column, justify="right" if column in NUMERIC else "left", overflow="fold")
+    for row in rows:
+        style = "bold green" if row is best else "red" if row.status == "failed" else None
+        table.add_row(*_cells(row)[:-1], style=style)
+    console = Console()
+    console.print(table)
+    for row in rows:
+        if row.reason:
+            console.print(f"job {row.job} {row.status}: {row.reason}", markup=False, highlight=False)
+    console.print(f"summary.csv and summary.md in {sweep_dir}; compare in TensorBoard's HParams tab: "
+                  f"tensorboard --logdir {sweep_dir}", markup=False, highlight=False)
+    return rows

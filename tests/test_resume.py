@@ -1,0 +1,185 @@
+"""Bit-exact resume after a kill -9 anywhere, crash-safe checkpoints, and the ways to continue a run.
+
+Kills are real (SIGKILL through NIN_FAULT_INJECT, see nin_cli/faults.py) in processes forked from a server that has
+already imported torch (`run_forked`); everything else runs in-process through the `nin` fixture.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+import torch
+
+from conftest import run_forked
+
+# 3 epochs of 7 steps (80 synthetic 8×8 images: 16 test, 8 val, 56 train), a checkpoint every 3 steps.
+TINY = ["dataset=synthetic", "model=nin_small", "dataset.image_shape=[3,8,8]", "dataset.size=80",
+        "dataset.val_size=8", "trainer.batch_size=8", "trainer.progress=plain", "trainer.epochs=3",
+        "trainer.checkpoint_every_steps=3", "trainer.log_every=2"]
+STEPS, STEPS_PER_EPOCH, EVERY = 21, 7, 3
+SAVE_STEPS = {s for s in range(1, STEPS + 1) if s % EVERY == 0 or s % STEPS_PER_EPOCH == 0}
+WRITE_PHASES = ("mid_write", "before_rename", "after_rename")
+TIMING = ("images_per_s", "epoch_time_s")
+
+
+def kill_points(seed: int, n: int = 20) -> list[tuple[str, int]]:
+    """n points at distinct, increasing steps, so each resumed process reaches the next one: after an optimizer
+    step anywhere, or inside a checkpoint save where one happens."""
+    rng = random.Random(seed)
+    steps = sorted(rng.sample(range(1, STEPS + 1), n))
+    return [(rng.choice((*WRITE_PHASES, "after_step")) if s in SAVE_STEPS else "after_step", s) for s in steps]
+
+
+def assert_same(a, b, where: str = "") -> None:
+    """Bit-identical nested checkpoint content: every tensor equal in dtype, shape and bits."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        bits_a, bits_b = (t.contiguous().view(torch.uint8) if t.is_floating_point() else t for t in (a, b))
+        assert torch.equal(bits_a, bits_b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"
+
+
+def metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def assert_same_training(reference: Path, run: Path) -> None:
+    """Final weights, optimizer, scaler, state, RNGs (the whole checkpoint) and metrics.jsonl bit-identical."""
+    for name in ("last.pt", "best.pt"):
+        want = torch.load(reference / "checkpoints" / name, weights_only=True)
+        got = torch.load(run / "checkpoints" / name, weights_only=True)
+        for key in ("model", "optimizer", "scaler", "state", "rng", "epoch_sums", "data_order"):
+            assert_same(want[key], got[key], f"{name}:{key}")
+        assert want["sha256"] == got["sha256"]
+    assert metrics(reference) == metrics(run)
+    assert not temp_files(run)
+
+
+def temp_files(run: Path) -> list[Path]:
+    return [p for p in run.rglob("*") if ".tmp" in p.name]
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_kill_9_at_20_seeded_points_then_resume_is_bit_exact(tmp_path):
+    points = kill_points(seed=3)
+    assert {phase for phase, _ in points} == {*WRITE_PHASES, "after_step"}  # every kind of crash is covered
+    forked = [*TINY, "trainer.num_threads=1"]  # same threads in every process: same float reductions
+    assert run_forked("train", *forked, "hydra.run.dir=reference", cwd=tmp_path).code == 0
+    first = True
+    for phase, step in points:
+        args = forked if first else []  # later runs: a bare run dir replays the run's own overrides
+        result = run_forked("train", *args, "hydra.run.dir=run", cwd=tmp_path,
+                            env={"NIN_FAULT_INJECT": f"{phase}@{step}=kill"})
+        assert result.code == -9, f"{phase}@{step} was not reached: {result.err[-600:]}"
+        first = False
+    final = run_forked("train", "hydra.run.dir=run", cwd=tmp_path)
+    assert final.code == 0, final.err[-600:]
+    assert "resuming from" in final.err
+    assert_same_training(tmp_path / "reference", tmp_path / "run")
+    assert_same_events(tmp_path / "reference", tmp_path / "run")
+
+
+def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    return {tag: sorted((e.step, e.value) for e in events.Scalars(tag)) for tag in events.Tags()["scalars"]
+            if not tag.endswith("images_per_s")}
+
+
+def assert_same_events(reference: Path, run: Path) -> None:
+    """TensorBoard holds each step once, with the uninterrupted run's values."""
+    want, got = scalars(reference), scalars(run)
+    assert want.keys() == got.keys() and "step/loss" in want and "epoch/train_loss" in want
+    for tag in want:
+        assert got[tag] == want[tag], tag
+
+
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint_and_exits_3(nin, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert nin("train", *TINY, "trainer.epochs=1", f"hydra.run.dir={run}").code == 0
+    last = run / "checkpoints" / "last.pt"
+    before = file_hash(last)
+    monkeypatch.setenv("NIN_FAULT_INJECT", "mid_write@9=enospc")  # the next save: step 9, mid-epoch 2
+    result = nin("train", "trainer.epochs=2", f"hydra.run.dir={run}")
+    assert result.code == 3, result.err
+    assert "no space left" in result.err_lines[-1] and "Traceback" not in result.err
+    assert file_hash(last) == before and not temp_files(run)
+    monkeypatch.delenv("NIN_FAULT_INJECT")
+    assert nin("train", "trainer.epochs=2", f"hydra.run.dir={run}").code == 0
+    assert [row["epoch"] for row in metrics(run)] == [1, 2]
+
+
+def test_resume_key_continues_a_run_or_forks_from_a_checkpoint(nin, tmp_path):
+    run, fork = tmp_path / "run", tmp_path / "fork"
+    assert nin("train", *TINY, "trainer.epochs=1", f"hydra.run.dir={run}").code == 0
+    result = nin("train", f"resume={run}", "trainer.epochs=2")  # the run's own config, two more epochs' worth
+    assert result.code == 0, result.err
+    assert [row["epoch"] for row in metrics(run)] == [1, 2]
+    assert "synthetic" in (run / "config.yaml").read_text()
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["state"]["epoch"]
+    result = nin("train", f"resume={run}/checkpoints/best.pt", "trainer.epochs=3", f"hydra.run.dir={fork}")
+    assert result.code == 0, result.err
+    assert [row["epoch"] for row in metrics(fork)] == list(range(best + 1, 4))
+    provenance = json.loads((fork / "provenance.json").read_text())
+    assert provenance["resumed_from"].endswith("best.pt")
+    assert len(json.loads((run / "provenance.json").read_text())["resumes"]) == 1
+
+
+def test_resume_mistakes_exit_2_with_one_line(nin, tmp_path):
+    (tmp_path / "empty").mkdir()
+    run = tmp_path / "run"
+    cases = [(f"resume={tmp_path / 'nowhere'}", "no such run directory or checkpoint"),
+             (f"resume={tmp_path / 'empty'}", "no checkpoint in")]
+    for override, needle in cases:
+        result = nin("train", override)
+        assert result.code == 2 and len(result.err_lines) == 1 and needle in result.err, result.err
+    assert nin("train", *TINY, "trainer.epochs=1", f"hydra.run.dir={run}").code == 0
+    result = nin("train", f"resume={run}", f"hydra.run.dir={tmp_path / 'other'}")
+    assert result.code == 2 and "name different runs" in result.err
+
+
+def test_a_run_directory_in_use_is_refused(nin, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    fd = os.open(run, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a live `nin train` on this directory holds
+        result = nin("train", *TINY, f"hydra.run.dir={run}")
+    finally:
+        os.close(fd)
+    assert result.code == 2 and "in use by another" in result.err_lines[-1]
+    assert not (run / "checkpoints").exists()
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_best_or_exits_3(nin, tmp_path):
+    run = tmp_path / "run"
+    assert nin("train", *TINY, "trainer.epochs=1", f"hydra.run.dir={run}").code == 0
+    last, best = run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt"
+    assert best.exists()
+    last.write_bytes(last.read_bytes()[:1000])  # what a non-atomic writer would leave
+    result = nin("train", "trainer.epochs=2", f"hydra.run.dir={run}")
+    assert result.code == 0 and f"resuming from {best}" in result.err, result.err
+    for path in (last, best):
+        path.write_bytes(b"garbage")
+    result = nin("train", "trainer.epochs=3", f"hydra.run.dir={run}")
+    assert result.code == 3 and "no complete checkpoint to resume from" in result.err_lines[-1]

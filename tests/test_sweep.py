@@ -1,0 +1,160 @@
+"""`nin sweep`: Hydra's real sweepers and launchers on the tiniest runs, the summary, failures and re-runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from nin_cli.sweep import job_dirs
+
+# One epoch of two steps on 8×8 synthetic images, one thread: each job trains in well under a second.
+TINY = ["dataset=synthetic", "model=nin_small", "dataset.image_shape=[3,8,8]", "dataset.size=64",
+        "dataset.val_size=16", "trainer.batch_size=16", "trainer.epochs=1", "++trainer.max_steps_per_epoch=2",
+        "++trainer.num_threads=1", "trainer.progress=none", "trainer.device=cpu"]
+GRID = ["model.dropout=0,0.5", "head=gap,fc"]
+GRID_JOBS = {"model.dropout=0 head=gap", "model.dropout=0 head=fc", "model.dropout=0.5 head=gap",
+             "model.dropout=0.5 head=fc"}
+
+
+def summary_rows(sweep: Path) -> list[dict]:
+    with open(sweep / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_rows_match_runs(sweep: Path, n: int) -> list[dict]:
+    """summary.csv has one row per job and its numbers are exactly the job's summary.json."""
+    rows = summary_rows(sweep)
+    assert sorted(r["job"] for r in rows) == sorted(p.name for p in job_dirs(sweep)) and len(rows) == n
+    for row in rows:
+        run = json.loads((sweep / row["job"] / "summary.json").read_text())
+        assert row["status"] == "done", row
+        assert float(row["best_val_error"]) == run["best_val_error"]
+        assert float(row["test_error"]) == run["test_error"]
+        assert int(row["params"]) == run["params"]
+        assert float(row["wall_time_s"]) == run["wall_time_s"]
+    return rows
+
+
+def session_hparams(tb: Path) -> dict:
+    """The hyper-parameters of the run's TensorBoard HParams session."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    events = EventAccumulator(str(tb))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = HParamsPluginData.FromString(content).session_start_info.hparams
+    return {key: getattr(value, value.WhichOneof("kind")) for key, value in hparams.items()}
+
+
+def test_grid_summary_hparams_and_rerun(nin, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = nin("sweep", *TINY, *GRID, f"hydra.sweep.dir={sweep}")
+    assert result.code == 0, result.err
+    assert [p.name for p in job_dirs(sweep)] == ["0", "1", "2", "3"]
+    rows = assert_rows_match_runs(sweep, 4)
+    assert {r["overrides"] for r in rows} == GRID_JOBS
+    for name in ("config.yaml", "provenance.json", "train.log", "metrics.jsonl", "checkpoints/last.pt"):
+        assert (sweep / "3" / name).is_file(), name
+    markdown = (sweep / "summary.md").read_text()
+    assert markdown.count("| done |") == 4 and "Best on validation" in markdown
+    assert result.out.count(" done ") == 4 and "summary.md" in result.out
+    for row in rows:
+        hparams = session_hparams(sweep / row["job"] / "tb")
+        dropout, head = (kv.split("=")[1] for kv in row["overrides"].split())
+        assert hparams["model.dropout"] == float(dropout) and hparams["head.type"] == head
+
+    # Re-run into the same directory: finished jobs are skipped, an unfinished one (no summary.json) resumes.
+    finished = {p: p.stat().st_mtime_ns for p in sweep.glob("[012]/summary.json")}
+    (sweep / "3" / "summary.json").unlink()
+    again = nin("sweep", *TINY, *GRID, f"hydra.sweep.dir={sweep}")
+    assert again.code == 0, again.err
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+    assert "finished already" in (sweep / "0" / "train.log").read_text()
+    assert len((sweep / "3" / "metrics.jsonl").read_text().splitlines()) == 1  # resumed at its end, not retrained
+    assert len(json.loads((sweep / "3" / "provenance.json").read_text())["resumes"]) == 1
+    assert_rows_match_runs(sweep, 4)
+
+    (sweep / "summary.csv").unlink()
+    shown = nin("sweep", "--summary", str(sweep))
+    assert shown.code == 0, shown.err
+    assert shown.out.count(" done ") == 4 and len(summary_rows(sweep)) == 4
+
+
+def test_grid_with_the_joblib_launcher(nin, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = nin("sweep", *TINY, *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                 f"hydra.sweep.dir={sweep}")
+    assert result.code == 0, result.err
+    assert {r["overrides"] for r in assert_rows_match_runs(sweep, 4)} == GRID_JOBS
+
+
+def test_optuna_minimises_validation_error(nin, tmp_path):
+    from omegaconf import OmegaConf
+
+    sweep = tmp_path / "sweep"
+    args = [*TINY, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=0",
+            "model.dropout=interval(0,0.5)", f"hydra.sweep.dir={sweep}"]
+    result = nin("sweep", *args)
+    assert result.code == 0, result.err
+    rows = assert_rows_match_runs(sweep, 3)
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert best.best_value == min(float(r["best_val_error"]) for r in rows)
+    again = nin("sweep", *args)  # Optuna numbers trials from 0 again: refused rather than mixed in
+    assert again.code == 2 and "new hydra.sweep.dir" in again.err_lines[-1]
+
+
+def test_failing_jobs_are_marked_and_the_others_run(nin, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = nin("sweep", *TINY, "optim.lr=1e30,-1,0.05", f"hydra.sweep.dir={sweep}")
+    assert result.code == 5, result.err  # the first failure's exit code: divergence
+    assert result.err_lines[-1].startswith("nin: error: 2 of 3 jobs failed; job 0 (optim.lr=1e+30): training diverged")
+    rows = {r["job"]: r for r in summary_rows(sweep)}
+    assert rows["0"]["status"] == "failed" and "diverged" in rows["0"]["reason"]
+    assert rows["1"]["status"] == "failed" and rows["1"]["reason"].startswith("optim.lr=-1.0: out of range")
+    assert rows["2"]["status"] == "done" and (sweep / "2" / "summary.json").is_file()
+    assert json.loads((sweep / "1" / "failure.json").read_text())["exit_code"] == 2
+    assert "job 0 failed: training diverged" in result.out
+
+
+def test_submitit_local_runs_a_two_job_sweep(nin, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = nin("sweep", *TINY, "head=gap,fc", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}")
+    assert result.code == 0, result.err
+    assert {r["overrides"] for r in assert_rows_match_runs(sweep, 2)} == {"head=gap", "head=fc"}
+
+
+@pytest.mark.parametrize("name, jobs", [("dropout", 4), ("widths", 3), ("micro_depth", 4), ("heads", 3)])
+def test_ready_sweeps_compose_and_validate(nin, name, jobs):
+    result = nin("sweep", f"+sweep={name}", "--dry-run")
+    assert result.code == 0, result.err
+    assert f"sweeper basic, launcher basic, {jobs} jobs" in result.out and "fails" not in result.out
+    assert not Path("outputs").exists()
+
+
+def test_slurm_example_composes(nin):
+    result = nin("sweep", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "head=gap,fc", "--dry-run")
+    assert result.code == 0, result.err
+    assert "launcher slurm, 2 jobs" in result.out
+
+
+def test_bad_sweeps_exit_2_before_anything_runs(nin, tmp_path, monkeypatch):
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    for args, expected in [(["model.dropoutt=0,0.5"], "unknown config key 'model.dropoutt' (did you mean"),
+                           (["head=gap,nope"], "head=nope: no such option"),
+                           (["hydra/launcher=nope"], "hydra/launcher=nope: no such option")]:
+        result = nin("sweep", *args)
+        assert result.code == 2 and len(result.err_lines) == 1 and expected in result.err, result.err
+    train = nin("train", "model.dropout=0,0.5")
+    assert train.code == 2 and "nin sweep" in train.err
+    assert not (tmp_path / "outputs").exists()
+
+    options = ConfigLoaderImpl.get_group_options
+    monkeypatch.setattr(ConfigLoaderImpl, "get_group_options",
+                        lambda self, *a, **k: [o for o in options(self, *a, **k) if o != "joblib"])
+    missing = nin("sweep", "hydra/launcher=joblib", "head=gap,fc")
+    assert missing.code == 2 and "pip install -e '.[sweep]'" in missing.err_lines[-1]

@@ -21,10 +21,20 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 
-# Train → evaluate on the bundled offline digits dataset (no download needed).
+# Train → info → eval → export (ONNX) → class maps on the bundled offline digits dataset (no download needed).
 demo: $(STAMP)
 	$(BIN)/nin train experiment=demo_digits hydra.run.dir=outputs/demo
 	$(BIN)/nin info experiment=demo_digits
+	$(BIN)/nin eval outputs/demo/checkpoints/best.pt
+	$(BIN)/nin export outputs/demo/checkpoints/best.pt --format onnx
+	$(BIN)/nin cam outputs/demo/checkpoints/best.pt --test 8 --out outputs/demo/cam
+
+# The paper's tables with our numbers (results/table.md, results/table.csv). BUDGET=full (paper epochs, 3 seeds:
+# GPU-days) | short (a few GPU-hours) | smoke (minutes on a CPU; not comparable). Resumable: finished runs under
+# results/runs/ are kept. CIFAR10_JPEG=DIR trains the CIFAR-10 rows on a JPEG copy; ROWS=a,b limits the rows.
+reproduce-table: $(STAMP)
+	$(BIN)/nin table --run --budget $(BUDGET) $(if $(CIFAR10_JPEG),--cifar10-jpeg $(CIFAR10_JPEG)) \
+		$(if $(ROWS),--rows $(ROWS))
 
 clean:
 	rm -rf outputs .pytest_cache

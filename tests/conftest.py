@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -38,11 +39,18 @@ def nin(capsys, monkeypatch, tmp_path):
     def run(*args: str) -> Result:
         capsys.readouterr()
         monkeypatch.setattr(sys, "argv", ["nin", *map(str, args)])
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
         try:
             main()
             code = 0
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:  # a process runs one command: drop the logging a run configured (captured stderr, train.log)
+            for handler in set(root.handlers) - set(handlers):
+                handler.close()
+            root.handlers[:] = handlers
+            root.setLevel(level)
         captured = capsys.readouterr()
         return Result(code, captured.out, captured.err)
 
@@ -102,13 +110,13 @@ FAST = ["dataset=synthetic", "model=nin_small", "dataset.image_shape=[3,16,16]",
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """One tiny trained run (FAST, 3 epochs) shared by the eval / export / cam / checkpoint tests; read-only."""
+    """One tiny trained run (FAST, 2 epochs) shared by the eval / export / cam / checkpoint tests; read-only."""
     from nin_cli.cli import main
 
     run = tmp_path_factory.mktemp("tiny") / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(run.parent)
-        patch.setattr(sys, "argv", ["nin", "train", *FAST, "trainer.epochs=3", f"hydra.run.dir={run}"])
+        patch.setattr(sys, "argv", ["nin", "train", *FAST, "trainer.epochs=2", f"hydra.run.dir={run}"])
         with pytest.raises(SystemExit) as exit_:
             main()
     assert exit_.value.code == 0, (run / "train.log").read_text()[-2000:]

@@ -92,7 +92,7 @@ def test_truncations_at_many_offsets_are_corrupt(tmp_path, good):
 def test_bit_flips_anywhere_are_caught(tmp_path, good):
     path = tmp_path / "flip.pt"
     tail = range(len(good) - 400, len(good))  # zip directory, end record and seal
-    offsets = sorted({*range(0, 600, 13), *range(600, len(good), len(good) // 40), *tail[::5]})
+    offsets = sorted({*range(0, 600, 17), *range(600, len(good), len(good) // 30), *tail[::8]})
     for offset in offsets:
         damaged = bytearray(good)
         damaged[offset] ^= 1 << (offset % 8)

@@ -15,6 +15,8 @@ from nin_cli.config import load_config, to_config, to_dict
 from nin_cli.data import load_data
 from nin_cli.model import build_model
 
+ZCA_SMALL = ["dataset.preprocessing=gcn_zca", "dataset.image_shape=[3,8,8]"]  # a 192² whitening matrix: fast
+
 
 def fabricate(tmp_path: Path, overrides: list[str], zca_scale: float = 1.0) -> Path:
     """A checkpoint without training (random weights) whose stored ZCA matrix is scaled by `zca_scale`: a refit
@@ -134,7 +136,7 @@ def test_eval_bad_arguments_exit_2_with_one_line(nin, best):
 
 
 def test_the_stored_zca_travels_with_the_checkpoint(nin, tmp_path):
-    path = fabricate(tmp_path, ["dataset.preprocessing=gcn_zca"], zca_scale=0.5)
+    path = fabricate(tmp_path, ZCA_SMALL, zca_scale=0.5)
     result = nin("eval", path, "--json")
     assert result.code == 0, result.err
     reported = result.json()

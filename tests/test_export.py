@@ -15,7 +15,7 @@ import torch
 
 from nin_cli.config import to_config
 from nin_cli.model import build_model
-from test_eval import fabricate, numpy_gcn_zca
+from test_eval import ZCA_SMALL, fabricate, numpy_gcn_zca
 
 EXTENSIONS = {"onnx": "onnx", "torchscript": "ts.pt", "exported-program": "pt2", "safetensors": "safetensors"}
 
@@ -94,7 +94,7 @@ def test_a_bad_format_exits_2(nin, best):
 
 
 def test_the_sidecar_carries_the_zca_a_consumer_needs(nin, tmp_path):
-    path = fabricate(tmp_path, ["dataset.preprocessing=gcn_zca"], zca_scale=0.5)
+    path = fabricate(tmp_path, ZCA_SMALL, zca_scale=0.5)
     out = tmp_path / "zca.safetensors"
     result = nin("export", path, "--format", "safetensors", "--out", out)
     assert result.code == 0, result.err
@@ -105,7 +105,9 @@ def test_the_sidecar_carries_the_zca_a_consumer_needs(nin, tmp_path):
     assert np.array_equal(decode(prep["zca_matrix"]), stored["zca_matrix"].numpy())
     assert np.array_equal(decode(prep["zca_mean"]), stored["zca_mean"].numpy())
     # A consumer preprocesses raw uint8 images from the sidecar alone and gets the eager model's outputs.
-    raw = torch.randint(0, 256, (4, 3, 16, 16), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    shape = sidecar["input"]["shape"][1:]
+    assert shape == [3, 8, 8]
+    raw = torch.randint(0, 256, (4, *shape), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     consts = {"gcn_scale": prep["gcn_scale"], "zca_mean": torch.from_numpy(decode(prep["zca_mean"]).copy()),
               "zca_matrix": torch.from_numpy(decode(prep["zca_matrix"]).copy())}
     x = torch.from_numpy(numpy_gcn_zca(raw.numpy(), consts))

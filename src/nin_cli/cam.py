@@ -139,29 +139,46 @@ def load_image(path: Path, shape: list[int]) -> torch.Tensor:
     return torch.from_numpy(array[None] if channels == 1 else array.transpose(2, 0, 1).copy())
 
 
-def cam_command(path: Path, images: list[Path], top: int, out: Path | None) -> None:
-    """`nin cam`: cam.png and cam.json under `out` (default: next to the checkpoint), predictions printed."""
+def test_images(trained, count: int) -> tuple[torch.Tensor, list[str]]:
+    """The first `count` test images of the checkpoint's dataset as uint8, titled with their true class."""
+    import dataclasses
+
+    from nin_cli.data import load_data
+
+    test = load_data(dataclasses.replace(trained.cfg.dataset, preprocessing="none"), torch.device("cpu")).test
+    labels = test.labels[:count].tolist()
+    return test.images[:count], [f"test #{i}, true {trained.classes[c]}" for i, c in enumerate(labels)]
+
+
+def cam_command(path: Path, images: list[Path], top: int, out: Path | None, test: int = 0) -> None:
+    """`nin cam`: cam.png and cam.json under `out` (default: next to the checkpoint), predictions printed.
+    `test` > 0 shows that many test images of the checkpoint's dataset instead of (or after) image files."""
     from nin_cli.checkpoint import load_trained
 
     trained = load_trained(path, device="cpu")
     if trained.cfg.head.type != "gap":
         raise ConfigError(f"{path}: head={trained.cfg.head.type}; class confidence maps need the gap head")
-    if not images:
-        raise ConfigError("nin cam needs at least one IMAGE file")
+    if not images and test <= 0:
+        raise ConfigError("nin cam needs IMAGE files or --test N (test images of the checkpoint's dataset)")
     top = min(max(1, top), len(trained.classes))
-    raw = torch.stack([load_image(p, trained.image_shape) for p in images])
-    maps, probs = class_maps_and_probs(trained.model, to_input(raw, trained.preprocessing))
+    raw = [load_image(p, trained.image_shape) for p in images]
+    names = [str(p) for p in images]
+    if test > 0:
+        extra, titles = test_images(trained, test)
+        raw, names = raw + list(extra), names + titles
+    batch = torch.stack(raw)
+    maps, probs = class_maps_and_probs(trained.model, to_input(batch, trained.preprocessing))
     out = out or Path(path).parent / f"{Path(path).stem}_cam"
     out.mkdir(parents=True, exist_ok=True)
-    cam_grid(raw.float().div(255).numpy(), maps, probs, trained.classes, top, [p.name for p in images]
+    cam_grid(batch.float().div(255).numpy(), maps, probs, trained.classes, top, [Path(n).name for n in names]
              ).save(out / "cam.png")
     report = []
-    for file, image_maps, image_probs in zip(images, maps, probs, strict=True):
+    for name, image_maps, image_probs in zip(names, maps, probs, strict=True):
         chosen = image_probs.topk(top).indices.tolist()
-        report.append({"image": str(file), "predictions": [
+        report.append({"image": name, "predictions": [
             {"class": trained.classes[c], "probability": image_probs[c].item(), "map": image_maps[c].tolist()}
             for c in chosen]})
-        print(f"{file}: " + ", ".join(f"{trained.classes[c]} {image_probs[c].item():.3f}" for c in chosen))
+        print(f"{name}: " + ", ".join(f"{trained.classes[c]} {image_probs[c].item():.3f}" for c in chosen))
     (out / "cam.json").write_text(json.dumps({"checkpoint": str(path), "map_shape": list(maps.shape[2:]),
                                               "images": report}, indent=1) + "\n")
     print(f"wrote {out / 'cam.png'} ({top} maps per image) and {out / 'cam.json'}")

@@ -144,13 +144,16 @@ def export(checkpoint: Path = typer.Argument(..., metavar="CKPT", help="A nin ch
 
 @app.command()
 def cam(checkpoint: Path = typer.Argument(..., metavar="CKPT", help="A nin checkpoint with the gap head."),
-        images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files (resized to the model's)."),
+        images: list[Path] | None = typer.Argument(None, metavar="IMAGE...",
+                                                   help="Image files (resized to the model's)."),
         top: int = typer.Option(3, "--top", min=1, help="Maps of the K most probable classes per image."),
-        out: Path | None = typer.Option(None, "--out", metavar="DIR", help="Where cam.png and cam.json go.")) -> None:
+        out: Path | None = typer.Option(None, "--out", metavar="DIR", help="Where cam.png and cam.json go."),
+        test: int = typer.Option(0, "--test", min=0, metavar="N",
+                                 help="Also show the first N test images of the checkpoint's dataset.")) -> None:
     """The last mlpconv's per-class confidence maps (before global averaging), overlaid on each image, as PNG."""
     from nin_cli.cam import cam_command
 
-    cam_command(checkpoint, images, top, out)
+    cam_command(checkpoint, images or [], top, out, test)
 
 
 @app.command()
@@ -182,6 +185,37 @@ def table(run_dirs: list[Path] | None = typer.Argument(None, metavar="RUN_DIRS",
     elif rows or cifar10_jpeg:
         raise ConfigError("--rows and --cifar10-jpeg choose what --run trains: add --run")
     show_table(run_dirs or [p for p in [out / "runs"] if p.is_dir()], out, console, budget)  # none yet: paper only
+
+
+@app.command(context_settings=OVERRIDES)
+def bench(ctx: typer.Context,
+          as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+          steps: int = typer.Option(5, "--steps", min=1, help="Timed training steps per measurement."),
+          rounds: int = typer.Option(3, "--rounds", min=1, help="Interleaved rounds; figures are their medians."),
+          workers: int = typer.Option(2, "--workers", min=0, help="DataLoader workers of the conventional pipeline."),
+          conventional: bool = typer.Option(True, "--conventional/--no-conventional",
+                                            help="Also time the DataLoader + PIL transforms pipeline."),
+          malloc: bool = typer.Option(True, "--tune-malloc/--no-tune-malloc",
+                                      help="Keep freed memory in glibc's heap (CPU; see BENCHMARKS.md)."),
+          profile: bool = typer.Option(False, "--profile", help="Print the top ops of the nin training step (to "
+                                                                "stderr with --json)."),
+          peak_size: int = typer.Option(0, "--peak-size", min=0, hidden=True)) -> None:
+    """Train/eval images/s of the nin step against a bare PyTorch loop, a DataLoader + PIL pipeline and the
+    device's matmul peak, on synthetic images of the configured shape: nin bench [OVERRIDES...] [--json]."""
+    from nin_cli.config import load_config
+
+    cfg = load_config(ctx.args)
+    from nin_cli.bench import BenchOptions, print_report, profile_nin_step, run_bench
+
+    opts = BenchOptions(steps=steps, rounds=rounds, workers=workers, conventional=conventional, tune_malloc=malloc,
+                        peak_size=peak_size)
+    result = run_bench(cfg, opts)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print_report(result)
+    if profile:
+        print(profile_nin_step(cfg, opts), file=sys.stderr if as_json else sys.stdout)
 
 
 def _crash_log() -> Path:

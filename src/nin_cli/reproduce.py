@@ -204,7 +204,7 @@ def reproduce(budget: str, keys: list[str] | None, cifar10_jpeg: Path | None, ru
         if finished(run.run_dir):
             console.print(f"{where}: finished before, kept ({run.run_dir})", highlight=False, markup=False)
             continue
-        console.print(f"{where}: {run.command}", highlight=False, markup=False)
+        console.print(f"{where}: {run.command}", highlight=False, markup=False, soft_wrap=True)
         status, message = run_one(run)
-        console.print(f"{where}: {status}: {message}", highlight=False, markup=False)
+        console.print(f"{where}: {status}: {message}", highlight=False, markup=False, soft_wrap=True)
     return [run.run_dir for run in runs]

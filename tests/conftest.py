@@ -110,14 +110,31 @@ FAST = ["dataset=synthetic", "model=nin_small", "dataset.image_shape=[3,16,16]",
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """One tiny trained run (FAST, 2 epochs) shared by the eval / export / cam / checkpoint tests; read-only."""
+    """One tiny trained run (FAST, 2 epochs) shared by the eval / export / cam / checkpoint tests (they write only
+    under its eval/). One thread: on a shared 2-core machine, OpenMP's spinning second thread costs 2-3× the time."""
+    import torch
+
     from nin_cli.cli import main
 
     run = tmp_path_factory.mktemp("tiny") / "run"
+    threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(run.parent)
-        patch.setattr(sys, "argv", ["nin", "train", *FAST, "trainer.epochs=2", f"hydra.run.dir={run}"])
+        patch.setattr(sys, "argv", ["nin", "train", *FAST, "trainer.epochs=2", "trainer.num_threads=1",
+                                    f"hydra.run.dir={run}"])
         with pytest.raises(SystemExit) as exit_:
             main()
+    torch.set_num_threads(threads)  # trainer.num_threads is process-wide: give the other tests theirs back
     assert exit_.value.code == 0, (run / "train.log").read_text()[-2000:]
     return run
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module of tiny models (use with pytest.mark.usefixtures); restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

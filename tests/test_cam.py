@@ -15,6 +15,8 @@ from nin_cli.cam import CAPTION, CELL, colormap
 from test_eval import fabricate
 from test_export import eager_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def best(tiny_run) -> Path:

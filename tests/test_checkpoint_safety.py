@@ -13,6 +13,8 @@ import torch
 from nin_cli.checkpoint import load_checkpoint, pickle_globals, save_checkpoint, sealed_bytes
 from nin_cli.errors import DataError, UnsafeFileError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class Canary:
     """Unpickling this writes a file: the proof that code ran."""

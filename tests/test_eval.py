@@ -15,6 +15,8 @@ from nin_cli.config import load_config, to_config, to_dict
 from nin_cli.data import load_data
 from nin_cli.model import build_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ZCA_SMALL = ["dataset.preprocessing=gcn_zca", "dataset.image_shape=[3,8,8]"]  # a 192² whitening matrix: fast
 
 
@@ -91,7 +93,7 @@ def best(tiny_run) -> Path:
 
 
 def test_eval_json_equals_an_independent_computation(nin, best, tmp_path):
-    result = nin("eval", best, "--json", "--out", tmp_path / "e1")
+    result = nin("eval", best, "trainer.device=cpu", "--json", "--out", tmp_path / "e1")  # as the reference
     assert result.code == 0, result.err
     reported = result.json()
     assert set(reported) >= {"top1_error", "top5_error", "nll", "ece", "per_class_accuracy", "confusion", "n"}
@@ -101,7 +103,8 @@ def test_eval_json_equals_an_independent_computation(nin, best, tmp_path):
 
 
 def test_eval_val_split_with_tta_and_an_override(nin, best, tmp_path):
-    result = nin("eval", best, "dataset.val_size=32", "--split", "val", "--tta", "--json", "--out", tmp_path / "e")
+    result = nin("eval", best, "dataset.val_size=32", "trainer.device=cpu", "--split", "val", "--tta", "--json",
+                 "--out", tmp_path / "e")
     assert result.code == 0, result.err
     reported = result.json()
     assert reported["n"] == 32 and reported["tta"] is True
@@ -137,7 +140,7 @@ def test_eval_bad_arguments_exit_2_with_one_line(nin, best):
 
 def test_the_stored_zca_travels_with_the_checkpoint(nin, tmp_path):
     path = fabricate(tmp_path, ZCA_SMALL, zca_scale=0.5)
-    result = nin("eval", path, "--json")
+    result = nin("eval", path, "trainer.device=cpu", "--json")
     assert result.code == 0, result.err
     reported = result.json()
     assert_same(reported, independent_metrics(path, "test"))

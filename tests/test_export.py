@@ -17,6 +17,8 @@ from nin_cli.config import to_config
 from nin_cli.model import build_model
 from test_eval import ZCA_SMALL, fabricate, numpy_gcn_zca
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EXTENSIONS = {"onnx": "onnx", "torchscript": "ts.pt", "exported-program": "pt2", "safetensors": "safetensors"}
 
 
@@ -114,6 +116,8 @@ def test_the_sidecar_carries_the_zca_a_consumer_needs(nin, tmp_path):
     from nin_cli.data import to_input
 
     model, record = eager_model(path)
+    expected_x = to_input(raw, record["data"]["preprocessing"])
+    # float64 NumPy vs float32 torch, both rounded to float16 as training stores them: equal up to one float16 step
+    assert torch.allclose(x, expected_x, rtol=2e-3, atol=1e-3)
     with torch.no_grad():
-        expected = model(to_input(raw, record["data"]["preprocessing"]))
-        assert (runtime("safetensors", out, sidecar)(x) - expected).abs().max().item() <= 1e-4
+        assert torch.allclose(runtime("safetensors", out, sidecar)(x), model(expected_x), rtol=1e-3, atol=1e-3)

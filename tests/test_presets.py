@@ -48,8 +48,8 @@ def presets() -> dict:
         return {name: to_config(compose("config", overrides=[f"experiment={name}"])) for name in EXPECTED}
 
 
-def test_every_paper_row_has_a_preset_and_every_preset_a_row():
-    assert set(EXPECTED) == set(group_options("experiment")) - {"demo_digits"} == set(ROW_BY_KEY)
+def test_every_paper_row_has_a_preset():
+    assert set(EXPECTED) == set(ROW_BY_KEY) and set(EXPECTED) <= set(group_options("experiment"))
 
 
 def test_presets_carry_the_authors_recipe(presets):

@@ -352,7 +352,7 @@ class Trained:
 
 def checkpoint_config(stored: dict, overrides: list[str]) -> Any:
     """The checkpoint's resolved config with Hydra-grammar overrides on top: `group=option` swaps in that option
-    from conf/, `key=value` / `+key=value` set a value, `~key` removes it. Validated like `nin train`'s."""
+    from conf/, `key=value` / `+key=value` set a value. Validated like `nin train`'s (exit 2)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -364,8 +364,11 @@ def checkpoint_config(stored: dict, overrides: list[str]) -> Any:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as err:
         raise ConfigError(f"bad override: {' '.join(str(err).split())}") from None
+    for o in parsed:
+        if o.is_delete():
+            raise ConfigError(f"'{o.input_line}': removing keys does not apply to a trained model's config")
     node = copy.deepcopy(stored)
-    groups = [o for o in parsed if o.key_or_group in GROUPS and not o.is_delete()]
+    groups = [o for o in parsed if o.key_or_group in GROUPS]
     if any(o.key_or_group == "experiment" for o in groups):
         raise ConfigError("experiment=... describes a training run; override the keys to change instead")
     if groups:
@@ -373,12 +376,7 @@ def checkpoint_config(stored: dict, overrides: list[str]) -> Any:
         node.update({o.key_or_group: composed[o.key_or_group] for o in groups})
     tree = OmegaConf.create(node)
     for o in parsed:
-        if o in groups:
-            continue
-        if o.is_delete():
-            parent, _, leaf = o.key_or_group.rpartition(".")
-            OmegaConf.select(tree, parent).pop(leaf, None) if parent else tree.pop(leaf, None)
-        else:
+        if o.key_or_group not in GROUPS:
             OmegaConf.update(tree, o.key_or_group, o.value(), merge=False, force_add=True)
     return to_config(OmegaConf.to_container(tree))
 

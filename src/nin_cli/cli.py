@@ -239,9 +239,9 @@ def main() -> None:
     except TyperException as err:
         print(f"nin: error: {err.format_message()} (see `nin --help`)", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt as err:  # InterruptedNow (a second signal) carries 130 or 143
+    except KeyboardInterrupt:
         print("nin: interrupted", file=sys.stderr)
-        sys.exit(getattr(err, "exit_code", 130))
+        sys.exit(130)
     except Exception as err:  # a bug: the traceback goes to a file, one line on screen
         print(f"nin: internal error ({type(err).__name__}); traceback in {_crash_log()}", file=sys.stderr)
         sys.exit(1)

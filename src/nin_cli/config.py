@@ -219,6 +219,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         raise bad
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ConfigError(f"{path}={value!r}: expected a finite number")
             return float(value)
         raise bad
     if tp is str:
@@ -324,6 +326,10 @@ def group_options(group: str) -> list[str]:
 
 def _hydra_error(err: Exception) -> ConfigError:
     """Turn Hydra's multi-line composition errors into one line naming the key, value and what is allowed."""
+    import yaml
+
+    if isinstance(err, yaml.YAMLError | UnicodeDecodeError):
+        return _broken_config_file(err)
     text = str(err)
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if missing:
@@ -340,12 +346,67 @@ def _hydra_error(err: Exception) -> ConfigError:
         known = _known_keys(parent)
         if known is not None:
             return _unknown_key(parent, leaf, known)
-        return ConfigError(f"unknown config key '{key}'")
+        return _unknown_path(key)
+    added = re.search(r"Multiple values for (\S+)\. To override a value use 'override \S+: (\S+)'", text)
+    if added:
+        group, option = added.groups()
+        return ConfigError(f"'+{group}={option}': {group} is already in the defaults list; write {group}={option} "
+                           "(no '+')")
     if "Ambiguous value" in text or "add --multirun" in text:
         return ConfigError("a comma-separated value asks for several runs: use `nin sweep` for that")
     cause = err.__cause__ or err.__context__
     detail = _one_line(str(cause)) if cause is not None and str(cause) else _one_line(text)
-    return ConfigError(f"bad override or config: {detail}")
+    return ConfigError(f"bad override or config: {detail.split(' Config search path:')[0][:300]}")
+
+
+def _unknown_path(key: str) -> ConfigError:
+    """An unknown dotted key whose first wrong part is not the last ('trainr.epochs'): correct that part."""
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        known = _known_keys(".".join(parts[:i]))
+        if known is None:
+            break
+        if part not in known:
+            near = difflib.get_close_matches(part, known, n=1, cutoff=0.6)
+            if near:
+                fixed = ".".join([*parts[:i], near[0], *parts[i + 1:]])
+                return ConfigError(f"unknown config key '{key}' (did you mean '{fixed}'?)")
+            break
+    return ConfigError(f"unknown config key '{key}'")
+
+
+def _broken_config_file(err: Exception) -> ConfigError:
+    """A YAML or encoding error while composing: Hydra does not say in which file, so find it and say where."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    def signature(e: Exception) -> tuple:
+        mark = getattr(e, "problem_mark", None)
+        return (type(e), getattr(e, "problem", str(e)), mark and (mark.line, mark.column))
+
+    found: list[ConfigError] = []
+    for path in sorted(config_dir().rglob("*.yaml")):  # the file that fails the same way, else the first broken
+        try:
+            OmegaConf.load(path)
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError) as bad:
+            mark = getattr(bad, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = _one_line(getattr(bad, "problem", None) or str(bad))[:160]
+            found.insert(0 if signature(bad) == signature(err) else len(found),
+                         ConfigError(f"{path}: invalid YAML: {problem}{where}"))
+    return found[0] if found else ConfigError(f"invalid YAML in an override: {_one_line(str(err))[:200]}")
+
+
+def _field_type(dotted: str) -> Any:
+    """The schema's type at a dotted path (None when the path is not in the schema)."""
+    tp: Any = NinConfig
+    for part in dotted.split("."):
+        if typing.get_origin(tp) is list:
+            tp = typing.get_args(tp)[0]
+        if not is_dataclass(tp) or part not in typing.get_type_hints(tp):
+            return None
+        tp = typing.get_type_hints(tp)[part]
+    return tp
 
 
 def _known_keys(dotted: str) -> list[str] | None:
@@ -366,9 +427,9 @@ _SWEEP_VALUE = re.compile(r"^[^=]+=(?:[^\[\]{}()'\"]*,|.*\b(range|choice|interva
 
 def check_overrides(overrides: list[str], allow_sweep: bool = False) -> None:
     for item in overrides:
+        if item.startswith("-"):
+            raise ConfigError(f"unknown option '{item}'; overrides look like key=value (see `nin --help`)")
         if "=" not in item:
-            if item.startswith("-"):
-                raise ConfigError(f"unknown option '{item}'; overrides look like key=value (see `nin --help`)")
             raise ConfigError(f"'{item}' is not an override: expected key=value, e.g. trainer.epochs=10")
         if not allow_sweep and _SWEEP_VALUE.match(item):
             raise ConfigError(f"'{item}' asks for several runs: use `nin sweep {item}` for that")
@@ -388,12 +449,14 @@ def schema_overrides(overrides: list[str]) -> list[str]:
         key = item.split("=", 1)[0]
         parent, _, leaf = key.rpartition(".")
         known = _known_keys(parent) if parent and not key.startswith(("+", "~", "hydra.")) else None
-        out.append(f"++{item}" if known is not None and leaf in known else item)
+        mapping = known is None and parent and typing.get_origin(_field_type(parent)) is dict  # init_std_overrides.x
+        out.append(f"++{item}" if (known is not None and leaf in known) or mapping else item)
     return out
 
 
 def compose(overrides: list[str], run_mode: str = "run", with_hydra: bool = False) -> Any:
     """Compose `conf/config.yaml` with the overrides through Hydra; return the DictConfig (with `hydra`)."""
+    import yaml
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -404,7 +467,7 @@ def compose(overrides: list[str], run_mode: str = "run", with_hydra: bool = Fals
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
             return hydra_compose(config_name="config", overrides=schema_overrides(overrides),
                                  return_hydra_config=with_hydra)
-    except (HydraException, OmegaConfBaseException, ValueError) as err:
+    except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError) as err:
         raise _hydra_error(err) from None
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nin_cli.config import NinConfig, config_dir, schema_overrides, to_config
-from nin_cli.errors import ConfigError, NinError
+from nin_cli.errors import ConfigError, Interrupted, InterruptedNow, NinError
 
 
 def _log_file(run_dir: Path) -> Path:
@@ -32,6 +32,7 @@ def _crash_line(err: BaseException, log_file: Path) -> str:
 
 
 def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> Any:
+    import yaml
     from hydra import initialize_config_dir
     from hydra._internal.callbacks import Callbacks
     from hydra.core.global_hydra import GlobalHydra
@@ -60,14 +61,17 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
         try:
             cfg = hydra.compose_config(config_name="config", overrides=schema_overrides(overrides),
                                        run_mode=RunMode.RUN, from_shell=True, with_log_configuration=True)
-        except (HydraException, OmegaConfBaseException, ValueError) as err:
+        except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError) as err:
             raise _hydra_error(err) from None
         cfg.hydra.mode = RunMode.RUN
         callbacks = Callbacks(cfg)
         callbacks.on_run_start(config=cfg, config_name="config")
-        ret = run_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
-                      task_function=task_function, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None,
-                      configure_logging=True)
+        try:
+            ret = run_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
+                          task_function=task_function, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None,
+                          configure_logging=True)
+        except InterruptedNow as err:  # Typer would turn a KeyboardInterrupt into a silent 130
+            raise Interrupted(str(err), err.exit_code) from None
         callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
     # JobReturn.return_value would print its own error line; read the outcome directly instead.
     if ret.status == JobStatus.FAILED:

@@ -215,6 +215,10 @@ def resume_overrides(overrides: list[str]) -> list[str]:
 
     values = _override_values(overrides)
     resume, run_dir = values.get("resume"), values.get("hydra.run.dir")
+    if "hydra.run.dir" in values and (not run_dir or run_dir == "???"):
+        raise ConfigError("hydra.run.dir is empty: give the run directory, e.g. hydra.run.dir=outputs/mine")
+    if resume == "???":
+        resume = None  # the schema check answers "resume is missing (???)"
     source, keep_run_dir = (Path(run_dir) if isinstance(run_dir, str) else None), True
     if isinstance(resume, str):
         target = Path(resume).expanduser()

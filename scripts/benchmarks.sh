@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Regenerates every figure of BENCHMARKS.md's "Machine", "Training throughput" and "Time to accuracy" sections.
+# Run it on a quiet machine (nothing else running; `uptime` load ≈ 0): throughput ~20 min, then the two 60-minute
+# time-to-accuracy runs (SKIP_TTA=1 leaves those out). Raw JSON and logs go to OUT (default outputs/benchmarks),
+# the tables and the plot BENCHMARKS.md shows to FIG_DIR (default docs/benchmarks).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-outputs/benchmarks}
+FIG_DIR=${FIG_DIR:-docs/benchmarks}
+NIN=.venv/bin/nin
+PY=.venv/bin/python
+mkdir -p "$OUT" "$FIG_DIR"
+
+# --- Machine -----------------------------------------------------------------------------------------------
+{
+  echo "date: $(date +%Y-%m-%d)"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
+  lscpu | grep -E '^(Thread\(s\) per core|Core\(s\) per socket|Socket\(s\)|L2 cache|L3 cache)' | tr -s ' '
+  echo "avx512 / bf16 / amx flags: $(grep -m1 -o -E 'avx512[a-z_0-9]*|amx[a-z_0-9]*' /proc/cpuinfo | sort -u | xargs)"
+  $PY - <<'PY'
+import time, torch
+print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, kernels {torch.backends.cpu.get_cpu_capability()}, "
+      f"oneDNN native bf16: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
+for dtype in (torch.float32, torch.bfloat16):  # bf16 without native support is emulated: ~100x below fp32
+    a = torch.randn(1024, 1024, dtype=dtype); a @ a
+    t = time.perf_counter(); a @ a; dt = time.perf_counter() - t
+    print(f"1024² matmul {dtype}: {2 * 1024**3 / dt / 1e9:.1f} GFLOP/s")
+PY
+  echo "load: $(uptime)"
+} | tee "$OUT/machine.txt"
+
+# --- Training throughput: one `nin bench` per configuration, JSON kept --------------------------------------
+bench() {
+  local name=$1; shift
+  echo "+ nin bench $* --json > $OUT/$name.json"
+  $NIN bench "$@" --json > "$OUT/$name.json"
+}
+bench paper_aug experiment=paper_cifar10_aug                                 # the headline: paper NIN, batch 128
+bench paper_aug_nchw experiment=paper_cifar10_aug trainer.channels_last=false
+bench paper_aug_default_malloc experiment=paper_cifar10_aug --no-tune-malloc
+bench paper_aug_1thread experiment=paper_cifar10_aug trainer.num_threads=1
+bench paper_noaug experiment=paper_cifar10                                   # no augmentation on either side
+bench fast experiment=fast_cifar10                                           # the time-to-accuracy model
+echo "+ nin bench experiment=paper_cifar10_aug --profile --rounds 1 --no-conventional"
+$NIN bench experiment=paper_cifar10_aug --profile --rounds 1 --no-conventional > "$OUT/profile_paper_aug.txt"
+$PY scripts/bench_table.py "$OUT"/paper_aug.json "$OUT"/paper_aug_nchw.json "$OUT"/paper_aug_default_malloc.json \
+    "$OUT"/paper_aug_1thread.json "$OUT"/paper_noaug.json "$OUT"/fast.json | tee "$FIG_DIR/throughput.md"
+
+# --- Time to accuracy ---------------------------------------------------------------------------------------
+if [ -z "${SKIP_TTA:-}" ]; then
+  FIG_DIR=$FIG_DIR scripts/time_to_accuracy.sh
+fi

@@ -74,7 +74,8 @@ def score(rows: list[dict], run_dir: Path) -> None:
     `nin eval SNAPSHOT --json` (the public evaluation path)."""
     from nin_cli.checkpoint import load_checkpoint
 
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    path = run_dir / "metrics.jsonl"
+    metrics = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     by_epoch = {m["epoch"]: m for m in metrics}
     for row in rows:
         state = load_checkpoint(Path(row["snapshot"]))["state"]

@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import random
+import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,12 +20,12 @@ import torch
 
 from conftest import run_forked
 
-# 3 epochs of 7 steps (80 synthetic 8×8 images: 16 test, 8 val, 56 train), a checkpoint every 3 steps. One thread:
+# 2 epochs of 10 steps (104 synthetic 8×8 images: 20 test, 4 val, 80 train), a checkpoint every 4 steps. One thread:
 # the same float reductions in every process, and no OpenMP spinning against the other processes on a busy machine.
-TINY = ["dataset=synthetic", "model=nin_small", "dataset.image_shape=[3,8,8]", "dataset.size=80",
-        "dataset.val_size=8", "trainer.batch_size=8", "trainer.progress=plain", "trainer.epochs=3",
-        "trainer.checkpoint_every_steps=3", "trainer.log_every=2", "trainer.num_threads=1"]
-STEPS, STEPS_PER_EPOCH, EVERY = 21, 7, 3
+TINY = ["dataset=synthetic", "model=nin_small", "dataset.image_shape=[3,8,8]", "dataset.size=104",
+        "dataset.val_size=4", "trainer.batch_size=8", "trainer.progress=plain", "trainer.epochs=2",
+        "trainer.checkpoint_every_steps=4", "trainer.log_every=2", "trainer.num_threads=1"]
+STEPS, STEPS_PER_EPOCH, EVERY = 20, 10, 4
 SAVE_STEPS = {s for s in range(1, STEPS + 1) if s % EVERY == 0 or s % STEPS_PER_EPOCH == 0}
 WRITE_PHASES = ("mid_write", "before_rename", "after_rename")
 TIMING = ("images_per_s", "epoch_time_s")
@@ -35,6 +37,19 @@ def restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory) -> Path:
+    """A finished 1-epoch TINY run (last.pt at step 10, best.pt); tests continue copies of it."""
+    cwd = tmp_path_factory.mktemp("one_epoch")
+    assert run_forked("train", *TINY, "trainer.epochs=1", "hydra.run.dir=run", cwd=cwd).code == 0
+    return cwd / "run"
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
 
 
 def kill_points(seed: int, n: int = 20) -> list[tuple[str, int]]:
@@ -88,22 +103,37 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_kill_9_at_20_seeded_points_then_resume_is_bit_exact(tmp_path):
-    points = kill_points(seed=3)
-    assert {phase for phase, _ in points} == {*WRITE_PHASES, "after_step"}  # every kind of crash is covered
-    assert run_forked("train", *TINY, "hydra.run.dir=reference", cwd=tmp_path).code == 0
-    first = True
-    for phase, step in points:
-        args = TINY if first else []  # later runs: a bare run dir replays the run's own overrides
-        result = run_forked("train", *args, "hydra.run.dir=run", cwd=tmp_path,
+def kill_chain(cwd: Path, points: list[tuple[str, int]], failures: list[str]) -> None:
+    """Kill `nin train` at each point in turn, resuming each time, then let it finish."""
+    for i, (phase, step) in enumerate(points):
+        args = TINY if i == 0 else []  # later runs: a bare run dir replays the run's own overrides
+        result = run_forked("train", *args, "hydra.run.dir=run", cwd=cwd,
                             env={"NIN_FAULT_INJECT": f"{phase}@{step}=kill"})
-        assert result.code == -9, f"{phase}@{step} was not reached: {result.err[-600:]}"
-        first = False
-    final = run_forked("train", "hydra.run.dir=run", cwd=tmp_path)
-    assert final.code == 0, final.err[-600:]
-    assert "resuming from" in final.err
-    assert_same_training(tmp_path / "reference", tmp_path / "run")
-    assert_same_events(tmp_path / "reference", tmp_path / "run")
+        if result.code != -9:
+            failures.append(f"{phase}@{step} was not reached (exit {result.code}): {result.err[-600:]}")
+            return
+    final = run_forked("train", "hydra.run.dir=run", cwd=cwd)
+    if final.code != 0 or "resuming from" not in final.err:
+        failures.append(f"the final resume failed: {final.err[-600:]}")
+
+
+def test_kill_9_at_20_seeded_points_then_resume_is_bit_exact(tmp_path):
+    points = kill_points(seed=5)
+    assert {phase for phase, _ in points} == {*WRITE_PHASES, "after_step"}  # every kind of crash is covered
+    assert run_forked("train", *TINY, "hydra.run.dir=run", cwd=tmp_path).code == 0  # the reference
+    # Two chains of 10 kills each, side by side (a core each when the machine has them).
+    failures: list[str] = []
+    chains = [threading.Thread(target=kill_chain, args=(tmp_path / name, points[i::2], failures))
+              for i, name in enumerate(("a", "b"))]
+    for name, chain in zip(("a", "b"), chains, strict=True):
+        (tmp_path / name).mkdir()
+        chain.start()
+    for chain in chains:
+        chain.join()
+    assert not failures, failures
+    for name in ("a", "b"):
+        assert_same_training(tmp_path / "run", tmp_path / name / "run")
+        assert_same_events(tmp_path / "run", tmp_path / name / "run")
 
 
 def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -123,12 +153,11 @@ def assert_same_events(reference: Path, run: Path) -> None:
         assert got[tag] == want[tag], tag
 
 
-def test_disk_full_during_a_save_keeps_the_previous_checkpoint_and_exits_3(nin, tmp_path, monkeypatch):
-    run = tmp_path / "run"
-    assert nin("train", *TINY, "trainer.epochs=1", f"hydra.run.dir={run}").code == 0
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint_and_exits_3(nin, tmp_path, monkeypatch, one_epoch):
+    run = copy_run(one_epoch, tmp_path / "run")
     last = run / "checkpoints" / "last.pt"
     before = file_hash(last)
-    monkeypatch.setenv("NIN_FAULT_INJECT", "mid_write@9=enospc")  # the next save: step 9, mid-epoch 2
+    monkeypatch.setenv("NIN_FAULT_INJECT", "mid_write@12=enospc")  # the next save: step 12, mid-epoch 2
     result = nin("train", "trainer.epochs=2", f"hydra.run.dir={run}")
     assert result.code == 3, result.err
     assert "no space left" in result.err_lines[-1] and "Traceback" not in result.err
@@ -138,33 +167,27 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint_and_exits_3(nin, 
     assert [row["epoch"] for row in metrics(run)] == [1, 2]
 
 
-def test_resume_key_continues_a_run_or_forks_from_a_checkpoint(nin, tmp_path):
-    run, fork = tmp_path / "run", tmp_path / "fork"
-    assert nin("train", *TINY, "trainer.epochs=1", f"hydra.run.dir={run}").code == 0
-    result = nin("train", f"resume={run}", "trainer.epochs=2")  # the run's own config, two more epochs' worth
+def test_resume_key_continues_a_run_or_forks_from_a_checkpoint(nin, tmp_path, one_epoch):
+    run, fork = copy_run(one_epoch, tmp_path / "run"), tmp_path / "fork"
+    result = nin("train", f"resume={run}", "trainer.epochs=2")  # the run's own config, one more epoch
     assert result.code == 0, result.err
     assert [row["epoch"] for row in metrics(run)] == [1, 2]
     assert "synthetic" in (run / "config.yaml").read_text()
-    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["state"]["epoch"]
-    result = nin("train", f"resume={run}/checkpoints/best.pt", "trainer.epochs=3", f"hydra.run.dir={fork}")
-    assert result.code == 0, result.err
-    assert [row["epoch"] for row in metrics(fork)] == list(range(best + 1, 4))
-    provenance = json.loads((fork / "provenance.json").read_text())
-    assert provenance["resumed_from"].endswith("best.pt")
     assert len(json.loads((run / "provenance.json").read_text())["resumes"]) == 1
+    result = nin("train", f"resume={one_epoch}/checkpoints/last.pt", "trainer.epochs=2", f"hydra.run.dir={fork}")
+    assert result.code == 0, result.err
+    assert [row["epoch"] for row in metrics(fork)] == [2]  # a new run directory, from epoch 2 on
+    assert json.loads((fork / "provenance.json").read_text())["resumed_from"].endswith("last.pt")
 
 
-def test_resume_mistakes_exit_2_with_one_line(nin, tmp_path):
+def test_resume_mistakes_exit_2_with_one_line(nin, tmp_path, one_epoch):
     (tmp_path / "empty").mkdir()
-    run = tmp_path / "run"
-    cases = [(f"resume={tmp_path / 'nowhere'}", "no such run directory or checkpoint"),
-             (f"resume={tmp_path / 'empty'}", "no checkpoint in")]
-    for override, needle in cases:
-        result = nin("train", override)
+    cases = [([f"resume={tmp_path / 'nowhere'}"], "no such run directory or checkpoint"),
+             ([f"resume={tmp_path / 'empty'}"], "no checkpoint in"),
+             ([f"resume={one_epoch}", f"hydra.run.dir={tmp_path / 'other'}"], "name different runs")]
+    for args, needle in cases:
+        result = nin("train", *args)
         assert result.code == 2 and len(result.err_lines) == 1 and needle in result.err, result.err
-    assert nin("train", *TINY, "trainer.epochs=1", f"hydra.run.dir={run}").code == 0
-    result = nin("train", f"resume={run}", f"hydra.run.dir={tmp_path / 'other'}")
-    assert result.code == 2 and "name different runs" in result.err
 
 
 def test_a_run_directory_in_use_is_refused(nin, tmp_path):
@@ -180,11 +203,9 @@ def test_a_run_directory_in_use_is_refused(nin, tmp_path):
     assert not (run / "checkpoints").exists()
 
 
-def test_a_damaged_last_checkpoint_falls_back_to_best_or_exits_3(nin, tmp_path):
-    run = tmp_path / "run"
-    assert nin("train", *TINY, "trainer.epochs=1", f"hydra.run.dir={run}").code == 0
+def test_a_damaged_last_checkpoint_falls_back_to_best_or_exits_3(nin, tmp_path, one_epoch):
+    run = copy_run(one_epoch, tmp_path / "run")
     last, best = run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt"
-    assert best.exists()
     last.write_bytes(last.read_bytes()[:1000])  # what a non-atomic writer would leave
     result = nin("train", "trainer.epochs=2", f"hydra.run.dir={run}")
     assert result.code == 0 and f"resuming from {best}" in result.err, result.err
@@ -192,3 +213,15 @@ def test_a_damaged_last_checkpoint_falls_back_to_best_or_exits_3(nin, tmp_path):
         path.write_bytes(b"garbage")
     result = nin("train", "trainer.epochs=3", f"hydra.run.dir={run}")
     assert result.code == 3 and "no complete checkpoint to resume from" in result.err_lines[-1]
+
+
+def test_best_written_after_last_is_the_newest(tmp_path, one_epoch):
+    """A crash between an epoch end's two saves (best.pt first, then last.pt) resumes from best.pt."""
+    from nin_cli.runs import RunPaths
+    from nin_cli.train import newest_checkpoint
+
+    run = copy_run(one_epoch, tmp_path / "run")
+    paths = RunPaths(run)
+    assert newest_checkpoint(paths)[0] == paths.last
+    os.utime(paths.best, ns=(paths.last.stat().st_mtime_ns + 1,) * 2)
+    assert newest_checkpoint(paths)[0] == paths.best

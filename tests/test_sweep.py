@@ -12,8 +12,8 @@ from nin_cli.sweep import job_dirs
 
 # One epoch of two steps on 8×8 synthetic images, one thread: each job trains in well under a second.
 TINY = ["dataset=synthetic", "model=nin_small", "dataset.image_shape=[3,8,8]", "dataset.size=64",
-        "dataset.val_size=16", "trainer.batch_size=16", "trainer.epochs=1", "++trainer.max_steps_per_epoch=2",
-        "++trainer.num_threads=1", "trainer.progress=none", "trainer.device=cpu"]
+        "dataset.val_size=16", "trainer.batch_size=16", "trainer.epochs=1", "trainer.max_steps_per_epoch=2",
+        "trainer.num_threads=1", "trainer.progress=none", "trainer.device=cpu"]
 GRID = ["model.dropout=0,0.5", "head=gap,fc"]
 GRID_JOBS = {"model.dropout=0 head=gap", "model.dropout=0 head=fc", "model.dropout=0.5 head=gap",
              "model.dropout=0.5 head=fc"}

@@ -42,6 +42,7 @@ class BenchOptions:
     conventional: bool = True
     tune_malloc: bool = True
     peak_size: int = 0  # matmul side for the peak; 0: 2048 on CPU, 8192 on accelerators
+    clock: str = "wall"  # or "process": CPU seconds of this process (see `clock_function`)
 
 
 # ------------------------------------------------------------------------------------------------ the machine
@@ -77,7 +78,19 @@ def bf16_supported(device: torch.device) -> bool:
     return False
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 3) -> float:
+def clock_function(name: str, device: torch.device) -> Callable[[], float]:
+    """`wall`: what a user waits. `process`: CPU seconds of this process, for a shared machine: with
+    trainer.num_threads=1 it counts only the time the one thread ran, whoever else is busy (with more threads it
+    also counts OpenMP's spin-waiting). CPU only; the conventional pipeline then runs without workers."""
+    if name not in ("wall", "process"):
+        raise ConfigError(f"--clock {name}: must be wall or process")
+    if name == "process" and device.type != "cpu":
+        raise ConfigError(f"--clock process measures CPU time: not meaningful on {device.type}; use --clock wall")
+    return time.perf_counter if name == "wall" else time.process_time
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 3,
+                clock: Callable[[], float] = time.perf_counter) -> float:
     """GFLOP/s of the fastest of `repeats` size×size matmuls (after one warm-up)."""
     g = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=g).to(device, dtype)
@@ -86,10 +99,10 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: in
     synchronize(device)
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         a @ b
         synchronize(device)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return 2 * size**3 / best / 1e9
 
 
@@ -241,6 +254,7 @@ class Pipelines:
     bare: Trainee
     bare_train: list[tuple[torch.Tensor, torch.Tensor]]  # pre-loaded, normalised, in the model's memory format
     bare_eval: list[tuple[torch.Tensor, torch.Tensor]]
+    clock: Callable[[], float] = time.perf_counter
     conventional: Trainee | None = None
     loaders: tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader] | None = None
 
@@ -260,7 +274,8 @@ def build_pipelines(cfg: NinConfig, opts: BenchOptions, device: torch.device) ->
                   make_trainee(cfg, device, tr.channels_last, tr.compile, bare=False),
                   make_trainee(cfg, device, tr.channels_last, tr.compile, bare=True),
                   preloaded(data.train, tr.batch_size, data.preprocessing, tr.channels_last),
-                  preloaded(data.test, tr.eval_batch_size, data.preprocessing, tr.channels_last))
+                  preloaded(data.test, tr.eval_batch_size, data.preprocessing, tr.channels_last),
+                  clock_function(opts.clock, device))
     if opts.conventional and image_spec(cfg)[0][0] in (1, 3):  # channel counts PIL can hold
         p.conventional = make_trainee(cfg, device, False, False, bare=True)
         p.loaders = conventional_loaders(cfg, opts.workers, n_train, n_eval, device)
@@ -279,9 +294,9 @@ def time_nin_train(p: Pipelines) -> float:
     t, device = p.nin, p.device
     loop = Loop(p.cfg, RunPaths(Path(os.devnull)), p.data, t.model, t.step_model, t.optimizer, t.scaler, TrainState(),
                 EpochSums.zeros(device), NullWriter(), StopRequest(), torch.zeros((), dtype=torch.bool, device=device))
-    start = time.perf_counter()  # the run directory is never touched: bench_config turns mid-epoch saves off
+    start = p.clock()  # the run directory is never touched: bench_config turns mid-epoch saves off
     train_one_epoch(loop, lambda *a: None)
-    return time.perf_counter() - start  # it ends with .item(): the device is synchronised
+    return p.clock() - start  # it ends with .item(): the device is synchronised
 
 
 def time_nin_eval(p: Pipelines) -> float:
@@ -289,10 +304,10 @@ def time_nin_eval(p: Pipelines) -> float:
     from nin_cli.train import autocast_dtype
 
     tr = p.cfg.trainer
-    start = time.perf_counter()
+    start = p.clock()
     evaluate(p.nin.model, p.data.test, p.data.preprocessing, tr.eval_batch_size, tr.channels_last,
              autocast_dtype(tr.precision))
-    return time.perf_counter() - start
+    return p.clock() - start
 
 
 def time_bare_train(p: Pipelines) -> float:
@@ -300,7 +315,7 @@ def time_bare_train(p: Pipelines) -> float:
 
     t, amp, kind = p.bare, autocast_dtype(p.cfg.trainer.precision), p.device.type
     t.model.train()
-    start = time.perf_counter()
+    start = p.clock()
     for x, y in p.bare_train:
         t.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(kind, dtype=amp or torch.float32, enabled=amp is not None):
@@ -309,7 +324,7 @@ def time_bare_train(p: Pipelines) -> float:
         t.scaler.step(t.optimizer)
         t.scaler.update()
     synchronize(p.device)
-    return time.perf_counter() - start
+    return p.clock() - start
 
 
 @torch.no_grad()
@@ -318,35 +333,35 @@ def time_bare_eval(p: Pipelines) -> float:
 
     amp = autocast_dtype(p.cfg.trainer.precision)
     p.bare.model.eval()
-    start = time.perf_counter()
+    start = p.clock()
     for x, _ in p.bare_eval:
         with torch.autocast(p.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             p.bare.model(x)
     synchronize(p.device)
-    return time.perf_counter() - start
+    return p.clock() - start
 
 
 def time_conventional_train(p: Pipelines) -> float:
     t = p.conventional
     t.model.train()
-    start = time.perf_counter()
+    start = p.clock()
     for x, y in p.loaders[0]:
         x, y = x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
         t.optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(t.model(x), y).backward()
         t.optimizer.step()
     synchronize(p.device)
-    return time.perf_counter() - start
+    return p.clock() - start
 
 
 @torch.no_grad()
 def time_conventional_eval(p: Pipelines) -> float:
     p.conventional.model.eval()
-    start = time.perf_counter()
+    start = p.clock()
     for x, _ in p.loaders[1]:
         p.conventional.model(x.to(p.device, non_blocking=True))
     synchronize(p.device)
-    return time.perf_counter() - start
+    return p.clock() - start
 
 
 def measures(p: Pipelines) -> dict[str, Callable[[], float]]:
@@ -368,7 +383,7 @@ def run_rounds(p: Pipelines, rounds: int, peak_size: int) -> list[dict[str, floa
         fn()
     rows = []
     for r in range(rounds):
-        row = {"peak_fp32_gflops": matmul_peak(p.device, torch.float32, peak_size)}
+        row = {"peak_fp32_gflops": matmul_peak(p.device, torch.float32, peak_size, clock=p.clock)}
         names = list(timed)[r % len(timed):] + list(timed)[:r % len(timed)]
         row |= {name: timed[name]() for name in names}
         rows.append(row)
@@ -418,6 +433,9 @@ def run_bench(cfg: NinConfig, opts: BenchOptions) -> dict:
     device = resolve_device(tr.device)
     if tr.num_threads:
         torch.set_num_threads(tr.num_threads)
+    clock = clock_function(opts.clock, device)
+    if opts.clock == "process":
+        opts = replace(opts, workers=0)  # workers' CPU seconds would escape the process clock
     malloc_tuned = device.type == "cpu" and opts.tune_malloc and tune_malloc()
     torch.manual_seed(tr.seed)
     shape, classes = image_spec(cfg)
@@ -428,14 +446,14 @@ def run_bench(cfg: NinConfig, opts: BenchOptions) -> dict:
     p = build_pipelines(bench_config(cfg, opts.steps), opts, device)
     peak_size = opts.peak_size or (2048 if device.type == "cpu" else 8192)
     rows = run_rounds(p, opts.rounds, peak_size)
-    peak_bf16 = matmul_peak(device, torch.bfloat16, peak_size) if bf16_supported(device) else None
+    peak_bf16 = matmul_peak(device, torch.bfloat16, peak_size, clock=clock) if bf16_supported(device) else None
     return summarize(rows, flops, peak_bf16, cfg) | {
         "model": cfg.model.name, "experiment": cfg.experiment, "image_shape": shape, "num_classes": classes,
         "params": sum(q.numel() for q in p.nin.model.parameters()), "batch_size": tr.batch_size,
         "eval_batch_size": tr.eval_batch_size, "precision": tr.precision, "channels_last": tr.channels_last,
         "compile": tr.compile, "device": str(device), "device_name": device_name(device),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "malloc_tuned": malloc_tuned,
-        "workers": opts.workers, "steps": opts.steps, "eval_batches": opts.eval_batches,
+        "workers": opts.workers, "steps": opts.steps, "eval_batches": opts.eval_batches, "clock": opts.clock,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 

@@ -86,11 +86,12 @@ def cam_grid(display: np.ndarray, maps: torch.Tensor, probs: torch.Tensor, class
 
 @torch.no_grad()
 def class_maps_and_probs(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last mlpconv's maps (N, classes, h, w) and the softmax of the logits the model makes of them."""
+    """The last mlpconv's maps (N, classes, h, w) and the softmax of their global averages: the gap head's logits,
+    exactly what `model(x)` returns, without a second forward pass."""
     was_training = model.training
     model.eval()
     maps = model.class_maps(x).float()
-    probs = F.softmax(model(x).float(), dim=1)
+    probs = F.softmax(maps.mean(dim=(2, 3)), dim=1)
     model.train(was_training)
     return maps, probs
 
@@ -201,8 +202,8 @@ def confusion_image(confusion: list[list[int]], classes: list[str], title: str) 
     colours = colormap(share)
     for i in range(num):
         if num <= 40:  # rows: "index name" (true class); columns: the index (predicted class)
-            draw.text((4, top + i * cell + max(0, cell // 2 - 6)), f"{i} {classes[i]}"[:15], fill=(0, 0, 0),
-                      font=font)
+            label = classes[i] if classes[i] == str(i) else f"{i} {classes[i]}"
+            draw.text((4, top + i * cell + max(0, cell // 2 - 6)), label[:15], fill=(0, 0, 0), font=font)
             if cell >= 12:
                 draw.text((left + i * cell + 2, CAPTION + 1), str(i), fill=(0, 0, 0), font=font)
         for j in range(num):

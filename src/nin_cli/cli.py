@@ -199,6 +199,8 @@ def bench(ctx: typer.Context,
                                       help="Keep freed memory in glibc's heap (CPU; see BENCHMARKS.md)."),
           profile: bool = typer.Option(False, "--profile", help="Print the top ops of the nin training step (to "
                                                                 "stderr with --json)."),
+          clock: str = typer.Option("wall", "--clock", help="wall | process: CPU seconds of this process, for a "
+                                                             "shared machine with trainer.num_threads=1."),
           peak_size: int = typer.Option(0, "--peak-size", min=0, hidden=True)) -> None:
     """Train/eval images/s of the nin step against a bare PyTorch loop, a DataLoader + PIL pipeline and the
     device's matmul peak, on synthetic images of the configured shape: nin bench [OVERRIDES...] [--json]."""
@@ -208,7 +210,7 @@ def bench(ctx: typer.Context,
     from nin_cli.bench import BenchOptions, print_report, profile_nin_step, run_bench
 
     opts = BenchOptions(steps=steps, rounds=rounds, workers=workers, conventional=conventional, tune_malloc=malloc,
-                        peak_size=peak_size)
+                        peak_size=peak_size, clock=clock)
     result = run_bench(cfg, opts)
     if as_json:
         print(json.dumps(result))

@@ -71,8 +71,9 @@ def split_validation(raw: RawData, cfg: DatasetConfig) -> tuple[Split, Split]:
     else:
         keep = torch.ones(n, dtype=torch.bool)
         keep[index] = False
-        val = Split(images[index], labels[index])
-        rest = Split(images[keep], labels[keep]) if cfg.train_on == "train" else None
+        keep = torch.nonzero(keep).flatten()  # index_select: several times faster than a boolean mask
+        val = Split(images.index_select(0, index), labels[index])
+        rest = Split(images.index_select(0, keep), labels[keep]) if cfg.train_on == "train" else None
     return (Split(images, labels) if cfg.train_on == "train+val" else rest), val
 
 
@@ -205,18 +206,23 @@ def to_input(images: torch.Tensor, preprocessing: dict, channels_last: bool = Fa
 def translate_and_flip(images: torch.Tensor, shifts: torch.Tensor | None, flips: torch.Tensor | None,
                        pad: int) -> torch.Tensor:
     """Batched augmentation: zero-pad by `pad`, crop at per-image offsets `shifts` (N, 2) in [0, 2·pad], and
-    mirror the images where `flips` (N,) is true. Gathers only; no Python per image."""
-    if pad > 0 and shifts is not None:
-        n, _, h, w = images.shape
-        padded = F.pad(images, (pad, pad, pad, pad))
-        rows = (shifts[:, 0:1] + torch.arange(h, device=images.device)).view(n, 1, h, 1)
-        cols = (shifts[:, 1:2] + torch.arange(w, device=images.device)).view(n, 1, 1, w)
-        batch = torch.arange(n, device=images.device).view(n, 1, 1, 1)
-        chan = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
-        images = padded[batch, chan, rows, cols]
+    mirror the crops where `flips` (N,) is true. One gather from a strided view of all windows; no Python per
+    image. A mirrored crop is the crop of the mirrored padded image at column offset 2·pad − x."""
+    if shifts is None and flips is None:
+        return images
+    n, _, h, w = images.shape
+    if shifts is None or pad == 0:
+        shifts, pad = torch.zeros(n, 2, dtype=torch.long, device=images.device), 0
+    padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
+    rows, cols = shifts[:, 0], shifts[:, 1]
+    which = torch.zeros(n, dtype=torch.long, device=images.device)
     if flips is not None:
-        images = torch.where(flips.view(-1, 1, 1, 1), images.flip(3), images)
-    return images
+        padded = torch.stack([padded, padded.flip(3)])
+        which, cols = flips.long(), torch.where(flips, 2 * pad - cols, cols)
+    else:
+        padded = padded.unsqueeze(0)
+    windows = padded.unfold(3, h, 1).unfold(4, w, 1)  # (1|2, N, C, 2·pad+1, 2·pad+1, H, W), a view
+    return windows[which, torch.arange(n, device=images.device), :, rows, cols]
 
 
 def steps_per_epoch(n: int, batch_size: int, max_steps: int | None = None) -> int:

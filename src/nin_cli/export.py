@@ -54,7 +54,7 @@ def export_program(model: torch.nn.Module, example: torch.Tensor, out: Path) -> 
     torch.export.save(program, str(out))
 
 
-def export_safetensors(model: torch.nn.Module, example: torch.Tensor, out: Path, config: dict | None = None) -> None:
+def export_safetensors(model: torch.nn.Module, out: Path, config: dict | None = None) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -158,13 +158,14 @@ def export_command(path: Path, fmt: str, out: Path | None) -> dict:
         raise ConfigError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
     trained = load_trained(path, device="cpu")
     out = Path(out) if out else Path(path).with_name(Path(path).stem + FORMATS[fmt])
-    out.parent.mkdir(parents=True, exist_ok=True)
     x, source = parity_inputs(trained)
-    writers = {"onnx": export_onnx, "torchscript": export_torchscript, "exported-program": export_program}
-    if fmt == "safetensors":
-        export_safetensors(trained.model, x, out, trained.record["config"])
-    else:
-        writers[fmt](trained.model, x[:max(2, min(4, len(x)))], out)
+    writers = {"onnx": export_onnx, "torchscript": export_torchscript, "exported-program": export_program,
+               "safetensors": lambda model, _, file: export_safetensors(model, file, trained.record["config"])}
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        writers[fmt](trained.model, x[:max(2, min(4, len(x)))], out)  # a batch > 1: torch.export specialises 1
+    except OSError as err:
+        raise DataError(f"cannot write {out}: {err.strerror or err}") from None
     difference, sizes = max_difference(reload_runner(fmt, out, trained), trained.model, x)
     if not difference <= TOLERANCE:
         raise ParityError(f"{fmt} export {out} disagrees with the eager model: max |difference| {difference:.3g} "

@@ -196,7 +196,6 @@ class Line:
     budget: str = ""
     data: str = ""
     runs: list[RunRecord] = field(default_factory=list)
-    note: str = ""  # why there are no runs
 
     @property
     def done(self) -> list[RunRecord]:
@@ -256,7 +255,7 @@ def _failures(line: Line) -> str:
 def verdict(line: Line) -> tuple[str, str]:
     """(text, rich style) judging the line against the paper within `tolerance`."""
     if not line.runs:
-        return line.note or ("recipe only (not trained by the table)" if line.row.recipe_only else "not run"), "dim"
+        return ("recipe only (not trained by the table)" if line.row.recipe_only else "not run"), "dim"
     failures = _failures(line)
     if line.mean is None:
         return failures, "yellow" if all(r.status in ("no_data", "incomplete") for r in line.runs) else "red"
@@ -272,9 +271,8 @@ def verdict(line: Line) -> tuple[str, str]:
     return f"not reproduced: {side} by {abs(diff):.2f} (tolerance ±{tol:.2f}){budget}{suffix}", "red"
 
 
-def build_lines(records: list[RunRecord], rows: tuple[Row, ...] = ROWS, notes: dict[str, str] | None = None
-                ) -> list[Line]:
-    """Every row of the paper, once per (budget, data) it has runs for; rows without runs get a note."""
+def build_lines(records: list[RunRecord], rows: tuple[Row, ...] = ROWS) -> list[Line]:
+    """Every row of the paper, once per (budget, data) it has runs for; once, empty, when it has none."""
     groups: dict[tuple[str, str, str], list[RunRecord]] = {}
     for record in records:
         groups.setdefault((record.row, record.budget, record.data), []).append(record)
@@ -286,7 +284,7 @@ def build_lines(records: list[RunRecord], rows: tuple[Row, ...] = ROWS, notes: d
             if key in sources:
                 merged.setdefault((budget, data), []).extend(runs)
         if not merged:
-            lines.append(Line(row, note=(notes or {}).get(row.key, "")))
+            lines.append(Line(row))
         order = sorted(merged, key=lambda bd: (BUDGET_ORDER.index(bd[0]) if bd[0] in BUDGET_ORDER else 9, bd[1]))
         lines += [Line(row, budget, data, sorted(merged[(budget, data)], key=lambda r: (r.seed is None, r.seed)))
                   for budget, data in order]
@@ -434,15 +432,14 @@ def write_outputs(lines: list[Line], out_dir: Path) -> tuple[Path, Path]:
     return paths
 
 
-def show_table(paths: list[Path], out_dir: Path, console, budget: str | None = None,
-               notes: dict[str, str] | None = None) -> list[Line]:
+def show_table(paths: list[Path], out_dir: Path, console, budget: str | None = None) -> list[Line]:
     """`nin table`: read the runs under `paths`, print the paper's layout, write table.md and table.csv."""
     from nin_cli.errors import ConfigError
 
     if budget not in (None, *BUDGET_ORDER):
         raise ConfigError(f"--budget {budget}: must be one of {', '.join(BUDGET_ORDER)}")
     records = [r for r in collect(paths) if budget is None or r.budget == budget]
-    lines = build_lines(records, notes=notes)
+    lines = build_lines(records)
     render_rich(lines, console)
     md, csv_path = write_outputs(lines, out_dir)
     console.print(f"wrote {md} and {csv_path}", highlight=False)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nin_cli.config import NinConfig, _hydra_error, check_overrides, config_dir, to_config, to_dict
+from nin_cli.config import NinConfig, _hydra_error, check_overrides, config_dir, schema_overrides, to_config, to_dict
 from nin_cli.errors import ConfigError, DataError, DivergedError, Interrupted, NinError, UnsafeFileError
 
 log = logging.getLogger("nin")
@@ -180,6 +180,7 @@ def plan_sweep(overrides: list[str]) -> Plan:
     # `-m` out of a Hydra user's habit is harmless: nin sweep is always a multirun.
     overrides = [f"+{o}" if o.startswith("sweep=") else o for o in overrides if o not in ("-m", "--multirun")]
     check_overrides(overrides, allow_sweep=True)
+    overrides = schema_overrides(overrides)  # as nin train: trainer.num_threads=2 works without a '+'
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
         hydra = GlobalHydra.instance().hydra
         _check_plugins(overrides, hydra.config_loader)
@@ -314,10 +315,19 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(found, key=key)
 
 
-def read_job(sweep_dir: Path, run_dir: Path) -> JobRow:
+def _load_yaml(path: Path) -> Any:
+    import yaml
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    overrides = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    try:
+        return OmegaConf.load(path)
+    except (OSError, yaml.YAMLError, OmegaConfBaseException):
+        return None
+
+
+def read_job(sweep_dir: Path, run_dir: Path) -> JobRow:
+    overrides = [str(o) for o in _load_yaml(run_dir / ".hydra" / "overrides.yaml") or []]
     row = JobRow(run_dir.relative_to(sweep_dir).as_posix(), overrides, "unfinished")
     failure, summary = _read_json(run_dir / FAILURE), _read_json(run_dir / "summary.json")
     if failure is not None:
@@ -338,7 +348,7 @@ def read_job(sweep_dir: Path, run_dir: Path) -> JobRow:
 def swept_overrides(jobs: list[list[str]], swept_keys: frozenset[str] = frozenset()) -> list[str]:
     """Each job's overrides of the swept keys and of those whose value differs between jobs (all its overrides
     when there are none)."""
-    values = [dict(o.partition("=")[::2] for o in job) for job in jobs]
+    values = [dict(o.removeprefix("++").partition("=")[::2] for o in job) for job in jobs]  # ++: schema_overrides
     keys = list(dict.fromkeys(k for v in values for k in v))
     varying = [k for k in keys if k in swept_keys or len({v.get(k) for v in values}) > 1] or keys
     return [" ".join(f"{k}={v[k]}" for k in varying if k in v) for v in values]
@@ -349,17 +359,16 @@ def _swept_keys(sweep_dir: Path) -> frozenset[str]:
     stopped after its first job still shows what it sweeps."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    cfg = _load_yaml(sweep_dir / "multirun.yaml")
     try:
-        cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
         params = cfg.hydra.sweeper.get("params") or {}
         lines = [f"{k}={v}" for k, v in params.items()] + list(cfg.hydra.overrides.task)
         parsed = OverridesParser.create().parse_overrides(lines)
-    except (OSError, HydraException, OmegaConfBaseException):
+    except (AttributeError, HydraException, OmegaConfBaseException):  # no multirun.yaml (Optuna) or not Hydra's
         return frozenset()
-    return frozenset(o.get_key_element() for o in parsed if o.is_sweep_override())
+    return frozenset(o.get_key_element().removeprefix("++") for o in parsed if o.is_sweep_override())
 
 
 def _best(rows: list[JobRow]) -> JobRow | None:

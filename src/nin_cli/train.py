@@ -419,22 +419,21 @@ def save_checkpoints(loop: Loop, best: bool) -> None:
 
 def newest_checkpoint(paths: RunPaths) -> tuple[Path, dict] | None:
     """The newest complete checkpoint of a run: last.pt, or best.pt when a crash fell between the two saves of an
-    epoch's end. A damaged file is skipped with a warning; only damaged files is exit 3, never a silent restart."""
-    found, errors = [], []
-    for path in (paths.last, paths.best):
-        if not path.exists():
-            continue
+    epoch's end (best.pt is written first, so it is then the newer file). Only the newest is read; a damaged one is
+    skipped with a warning, and only damaged files is exit 3, never a silent restart."""
+    found = [p for p in (paths.last, paths.best) if p.exists()]
+    found.sort(key=lambda p: (p.stat().st_mtime_ns, p == paths.last), reverse=True)
+    errors = []
+    for path in found:
         try:
-            record = load_checkpoint(path)
+            return path, load_checkpoint(path)
         except DataError as err:
             log.warning("skipping %s", err)
             errors.append(err)
-            continue
-        found.append((record["state"]["step"], path == paths.last, path, record))
-    if not found and errors:
+    if errors:
         raise DataError(f"{errors[0]}; no complete checkpoint to resume from (move {paths.checkpoints} away to "
                         "start over)")
-    return max(found, key=lambda f: f[:2])[2:] if found else None
+    return None
 
 
 def resume_source(cfg: NinConfig, paths: RunPaths) -> tuple[Path, dict] | None:

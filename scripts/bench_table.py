@@ -13,7 +13,8 @@ from pathlib import Path
 TRAIN = [("nin train img/s", "train_images_per_s", ",.1f"), ("bare img/s", "bare_train_images_per_s", ",.1f"),
          ("conventional img/s", "conventional_train_images_per_s", ",.1f"), ("nin GFLOP/s", "train_gflops", ",.1f"),
          ("fp32 peak GFLOP/s", "peak_fp32_gflops", ",.1f"), ("peak_share", "peak_share", ".3f"),
-         ("bare_loop_ratio", "bare_loop_ratio", ".3f"), ("conventional_ratio", "conventional_ratio", ".2f")]
+         ("bare_loop_ratio", "bare_loop_ratio", ".3f"), ("conventional_ratio", "conventional_ratio", ".2f"),
+         ("page faults / step", "page_faults_per_step", ",.0f"), ("system time", "system_time_share", ".1%")]
 EVAL = [("nin eval img/s", "eval_images_per_s", ",.1f"), ("bare img/s", "bare_eval_images_per_s", ",.1f"),
         ("conventional img/s", "conventional_eval_images_per_s", ",.1f"), ("eval GFLOP/s", "eval_gflops", ",.1f"),
         ("eval peak share", "eval_peak_share", ".3f"), ("bare_loop_eval_ratio", "bare_loop_eval_ratio", ".3f"),
@@ -30,7 +31,7 @@ def table(rows: list[tuple[str, dict]], columns: list[tuple[str, str, str]]) -> 
     lines = ["| run | setting | " + " | ".join(c[0] for c in columns) + " |",
              "|---|---|" + "---:|" * len(columns)]
     for name, r in rows:
-        cells = ["—" if r[key] is None else format(r[key], spec) for _, key, spec in columns]
+        cells = ["—" if r.get(key) is None else format(r[key], spec) for _, key, spec in columns]
         lines.append(f"| {name} | {setting(r)} | " + " | ".join(cells) + " |")
     return lines
 

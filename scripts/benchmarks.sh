@@ -41,10 +41,25 @@ bench paper_aug_default_malloc experiment=paper_cifar10_aug --no-tune-malloc
 bench paper_aug_1thread experiment=paper_cifar10_aug trainer.num_threads=1
 bench paper_noaug experiment=paper_cifar10                                   # no augmentation on either side
 bench fast experiment=fast_cifar10                                           # the time-to-accuracy model
-echo "+ nin bench experiment=paper_cifar10_aug --profile --rounds 1 --no-conventional"
-$NIN bench experiment=paper_cifar10_aug --profile --rounds 1 --no-conventional > "$OUT/profile_paper_aug.txt"
+OMP_WAIT_POLICY=ACTIVE bench paper_aug_omp_active experiment=paper_cifar10_aug  # OpenMP threads spin, never sleep
 $PY scripts/bench_table.py "$OUT"/paper_aug.json "$OUT"/paper_aug_nchw.json "$OUT"/paper_aug_default_malloc.json \
-    "$OUT"/paper_aug_1thread.json "$OUT"/paper_noaug.json "$OUT"/fast.json | tee "$FIG_DIR/throughput.md"
+    "$OUT"/paper_aug_1thread.json "$OUT"/paper_aug_omp_active.json "$OUT"/paper_noaug.json "$OUT"/fast.json \
+    | tee "$FIG_DIR/throughput.md"
+
+# --- Where the time goes --------------------------------------------------------------------------------------
+echo "+ nin bench experiment=paper_cifar10_aug --profile --rounds 1 --no-conventional"
+$NIN bench experiment=paper_cifar10_aug --profile --rounds 1 --no-conventional > "$FIG_DIR/profile_paper_aug.txt"
+$NIN bench experiment=fast_cifar10 --profile --rounds 1 --no-conventional > "$FIG_DIR/profile_fast.txt"
+for layout in true false; do  # which oneDNN implementation runs each conv (and the reorders around it)
+  echo "+ ONEDNN_VERBOSE=1 nin bench experiment=paper_cifar10_aug trainer.channels_last=$layout --steps 1 --rounds 1"
+  ONEDNN_VERBOSE=1 $NIN bench experiment=paper_cifar10_aug "trainer.channels_last=$layout" --steps 1 --rounds 1 \
+      --no-conventional --json 2>&1 | grep 'primitive,exec' | cut -d, -f6-8 | sort | uniq -c \
+      > "$FIG_DIR/onednn_channels_last_$layout.txt"
+done
+for threads in 1 2; do  # every conv alone, NCHW against channels_last; 3-channel conv1 against zero-padded inputs
+  $PY scripts/conv_layers.py experiment=paper_cifar10_aug --threads "$threads" --clock wall --batch 128 \
+      | tee "$FIG_DIR/conv_layers_${threads}thread.md"
+done
 
 # --- Time to accuracy ---------------------------------------------------------------------------------------
 if [ -z "${SKIP_TTA:-}" ]; then

@@ -27,35 +27,35 @@ def base_type(tp):
 
 
 def near_miss_cases() -> list[tuple[list[str], str]]:
-    """Every key of five letters or more with one letter dropped: answered with the key it was meant to be."""
+    """Every key of ten letters or more, and each group's longest, with one letter dropped: answered with the key
+    it was meant to be."""
     cases = []
     for group, cls in GROUPS.items():
-        for f in fields(cls):
-            if len(f.name) >= 5:
-                typo = f.name[:len(f.name) // 2] + f.name[len(f.name) // 2 + 1:]
-                cases.append(([f"{group}.{typo}=1"], f"did you mean '{group}.{f.name}'?"))
+        longest = max((f.name for f in fields(cls)), key=len)
+        for name in [f.name for f in fields(cls) if len(f.name) >= 10 or f.name == longest]:
+            typo = name[:len(name) // 2] + name[len(name) // 2 + 1:]
+            cases.append(([f"{group}.{typo}=1"], f"did you mean '{group}.{name}'?"))
     return cases
 
 
 def value_cases() -> list[tuple[list[str], str]]:
-    """Per group: a wrong type for each kind of field, the first out-of-range value below and above, and a near
-    miss of every choice."""
+    """Per group, the first field of each sort: a wrong type, a value below and above the range, a near miss of
+    a choice."""
     cases = []
     for group, cls in GROUPS.items():
-        hints, kinds, bounds = typing.get_type_hints(cls), set(), set()
+        hints, done = typing.get_type_hints(cls), set()
         for f in fields(cls):
             tp, key, meta = base_type(hints[f.name]), f"{group}.{f.name}", f.metadata
-            if tp in WRONG and tp not in kinds and "choices" not in meta:
-                kinds.add(tp)
+            if tp in WRONG and "type" not in done and "choices" not in meta:
                 cases.append(([f"{key}={WRONG[tp]}"], f"{key}='{WRONG[tp]}': expected"))
-            if meta.get("lo") is not None and "lo" not in bounds:
-                bounds.add("lo")
+            if meta.get("lo") is not None and "lo" not in done:
                 cases.append(([f"{key}={meta['lo'] - 1}"], "out of range"))
-            if meta.get("hi") is not None and "hi" not in bounds:
-                bounds.add("hi")
+            if meta.get("hi") is not None and "hi" not in done:
                 cases.append(([f"{key}={meta['hi'] + 1}"], "out of range"))
-            if "choices" in meta:
+            if "choices" in meta and "choices" not in done:
                 cases.append(([f"{key}={meta['choices'][0]}x"], f"did you mean '{meta['choices'][0]}'?"))
+            done |= {"type"} if tp in WRONG and "choices" not in meta else set()
+            done |= {k for k in ("lo", "hi", "choices") if meta.get(k) is not None}
     return cases
 
 

@@ -225,3 +225,29 @@ def test_best_written_after_last_is_the_newest(tmp_path, one_epoch):
     assert newest_checkpoint(paths)[0] == paths.last
     os.utime(paths.best, ns=(paths.last.stat().st_mtime_ns + 1,) * 2)
     assert newest_checkpoint(paths)[0] == paths.best
+
+
+def test_a_resume_cuts_metrics_and_events_back_to_the_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from nin_cli.runs import truncate_events, truncate_metrics
+
+    rows = tmp_path / "metrics.jsonl"
+    rows.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3, "train_lo')  # the last line cut short by a crash
+    truncate_metrics(rows, 1)
+    assert rows.read_text() == '{"epoch": 1}\n'
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    for step in range(1, 6):
+        writer.add_scalar("step/loss", float(step), step)
+    writer.flush()
+    (event_file,) = (tmp_path / "tb").glob("events.*")
+    with open(event_file, "ab") as f:
+        f.write(b"\x20\x00\x00")  # a record cut short by a crash
+    writer.add_hparams({"lr": 0.1}, {"hparam/val_error": 1.0}, run_name=".", global_step=2)
+    writer.close()
+    truncate_events(tmp_path / "tb", 3)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("step/loss")] == [1, 2, 3]
+    assert not [tag for tag in events.Tags()["scalars"] if tag.startswith("hparam/")]

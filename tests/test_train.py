@@ -9,12 +9,15 @@ import torch
 from conftest import FAST
 from nin_cli.config import ScheduleConfig, load_config
 from nin_cli.train import TrainState, build_optimizer, lr_multiplier, update_plateau
+from test_resume import restore_torch_threads  # noqa: F401  (autouse: in-process runs set torch's threads)
+
+ONE_THREAD = "trainer.num_threads=1"  # on a shared 2-core machine, OpenMP threads spinning cost far more than they give
 
 
 def test_train_writes_the_whole_run_directory(nin, tmp_path):
     run = tmp_path / "run"
-    result = nin("train", "dataset=synthetic", "trainer.epochs=1", "trainer.progress=plain",
-                 f"hydra.run.dir={run}")
+    result = nin("train", "dataset=synthetic", "trainer.epochs=1", "trainer.progress=plain", ONE_THREAD,
+                 "trainer.max_steps_per_epoch=2", f"hydra.run.dir={run}")
     assert result.code == 0, result.err
     for name in (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "config.yaml",
                  "provenance.json", "train.log", "metrics.jsonl", "summary.json", "checkpoints/last.pt",
@@ -40,9 +43,9 @@ def test_train_writes_the_whole_run_directory(nin, tmp_path):
 
 def test_training_learns_and_resumes_into_the_same_directory(nin, tmp_path):
     run = tmp_path / "run"
-    first = nin("train", *FAST, "trainer.epochs=2", f"hydra.run.dir={run}")
+    first = nin("train", *FAST, ONE_THREAD, "trainer.epochs=2", f"hydra.run.dir={run}")
     assert first.code == 0, first.err
-    second = nin("train", *FAST, "trainer.epochs=4", f"hydra.run.dir={run}")
+    second = nin("train", "trainer.epochs=4", f"hydra.run.dir={run}")  # the run's own overrides are replayed
     assert second.code == 0, second.err
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
@@ -94,7 +97,7 @@ def test_paper_plateau_rule_on_a_scripted_accuracy_curve():
 
 def test_non_finite_loss_exits_5(nin, tmp_path):
     run = tmp_path / "run"
-    result = nin("train", *FAST, "optim=sgd", "optim.lr=1e30", "trainer.log_every=1", f"hydra.run.dir={run}")
+    result = nin("train", *FAST, ONE_THREAD, "optim=sgd", "optim.lr=1e30", f"hydra.run.dir={run}")
     assert result.code == 5, result.err
     assert "diverged" in result.err and len(result.err_lines) == 1
     assert not (run / "checkpoints" / "last.pt").exists()
@@ -102,7 +105,7 @@ def test_non_finite_loss_exits_5(nin, tmp_path):
 
 def test_make_demo_recipe_reaches_90_percent_on_digits(nin, tmp_path):
     run = tmp_path / "demo"
-    result = nin("train", "experiment=demo_digits", "trainer.progress=plain", f"hydra.run.dir={run}")
+    result = nin("train", "experiment=demo_digits", "trainer.progress=plain", ONE_THREAD, f"hydra.run.dir={run}")
     assert result.code == 0, result.err
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test_error"] <= 10.0, summary

@@ -32,6 +32,9 @@ from nin_cli.config import NinConfig
 from nin_cli.data import Data, Split
 from nin_cli.errors import ConfigError
 
+# Environment variables that change CPU speed; the report records them.
+TUNING_ENV = ("OMP_", "GOMP_", "KMP_", "MKL_", "DNNL_", "ONEDNN_", "GLIBC_TUNABLES", "LD_PRELOAD", "TORCHINDUCTOR_")
+
 
 @dataclass
 class BenchOptions:
@@ -89,7 +92,7 @@ def clock_function(name: str, device: torch.device) -> Callable[[], float]:
     return time.perf_counter if name == "wall" else time.process_time
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 3,
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5,
                 clock: Callable[[], float] = time.perf_counter) -> float:
     """GFLOP/s of the fastest of `repeats` size×size matmuls (after one warm-up)."""
     g = torch.Generator().manual_seed(0)
@@ -385,9 +388,25 @@ def run_rounds(p: Pipelines, rounds: int, peak_size: int) -> list[dict[str, floa
     for r in range(rounds):
         row = {"peak_fp32_gflops": matmul_peak(p.device, torch.float32, peak_size, clock=p.clock)}
         names = list(timed)[r % len(timed):] + list(timed)[:r % len(timed)]
-        row |= {name: timed[name]() for name in names}
+        for name in names:
+            before = os_usage()
+            row[name] = timed[name]()
+            if name == "nin_train":  # counts, not times: a busy machine does not blur them
+                faults, system, user = (b - a for a, b in zip(before, os_usage(), strict=True))
+                row["page_faults_per_step"] = faults / p.cfg.trainer.max_steps_per_epoch
+                row["system_time_share"] = system / max(system + user, 1e-9)
         rows.append(row)
     return rows
+
+
+def os_usage() -> tuple[float, float, float]:
+    """(minor page faults, system seconds, user seconds) of this process so far; zeros where unknown."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0.0, 0.0, 0.0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return float(usage.ru_minflt), usage.ru_stime, usage.ru_utime
 
 
 # --------------------------------------------------------------------------------------------------- results
@@ -422,6 +441,8 @@ def summarize(rows: list[dict], flops: tuple[int, int], peak_bf16: float | None,
         "bare_peak_share": gflops["bare_train_gflops"] / peak,
         "peak_fp32_gflops": peak_fp32, "peak_bf16_gflops": peak_bf16, "peak_dtype": "bf16" if low else "fp32",
         "flops_forward_per_image": forward, "flops_train_per_image": step, "rounds": rows,
+        "page_faults_per_step": _median(rows, "page_faults_per_step"),
+        "system_time_share": _median(rows, "system_time_share"),
     }
 
 
@@ -454,6 +475,7 @@ def run_bench(cfg: NinConfig, opts: BenchOptions) -> dict:
         "compile": tr.compile, "device": str(device), "device_name": device_name(device),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "malloc_tuned": malloc_tuned,
         "workers": opts.workers, "steps": opts.steps, "eval_batches": opts.eval_batches, "clock": opts.clock,
+        "env": {k: v for k, v in os.environ.items() if k.startswith(TUNING_ENV)},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -506,4 +528,7 @@ def print_report(result: dict) -> None:
     console.print(f"nin / bare: train {num(r['bare_loop_ratio'], '.3f')}, eval {num(r['bare_loop_eval_ratio'], '.3f')}"
                   f"   nin / conventional: train {num(r['conventional_ratio'], '.2f')}, eval "
                   f"{num(r['conventional_eval_ratio'], '.2f')}   nin train / peak: {r['peak_share']:.1%}"
-                  f"   (medians of {len(r['rounds'])} rounds; malloc tuned: {r['malloc_tuned']})", highlight=False)
+                  f"   (medians of {len(r['rounds'])} rounds)", highlight=False)
+    console.print(f"nin step: {num(r['page_faults_per_step'], ',.0f')} page faults, "
+                  f"{num(r['system_time_share'], '.1%')} of its CPU time in the kernel (malloc tuned: "
+                  f"{r['malloc_tuned']}); clock: {r['clock']}", highlight=False)

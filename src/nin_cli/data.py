@@ -66,7 +66,7 @@ def split_validation(raw: RawData, cfg: DatasetConfig) -> tuple[Split, Split]:
     """Hold out `raw.val_index` (the paper's validation images); `train_on=train+val` trains on all of them."""
     images, labels, index = raw.train_images, raw.train_labels, raw.val_index
     n, k = len(labels), len(index)
-    if k and torch.equal(index, torch.arange(n - k, n)):  # a tail: views, no copy
+    if torch.equal(index, torch.arange(n - k, n)):  # a tail (or nothing): views, no copy
         val, rest = Split(images[n - k:], labels[n - k:]), Split(images[:n - k], labels[:n - k])
     else:
         keep = torch.ones(n, dtype=torch.bool)

@@ -253,6 +253,9 @@ def _svhn(cfg: DatasetConfig) -> RawData:
 def _imagefolder(cfg: DatasetConfig) -> RawData:
     """Any train/<class>/* + test/<class>/* tree, decoded once; later runs load the cached tensors."""
     root = dataset_root(cfg)
+    if cfg.image_shape and cfg.image_shape[0] not in (1, 3):
+        raise ConfigError(f"dataset.image_shape={cfg.image_shape}: image folders decode to 1 (grey) or 3 (RGB) "
+                          "channels")
     train_files, classes = _list_tree(root, "train")
     test_files, test_classes = _list_tree(root, "test")
     if classes != test_classes:

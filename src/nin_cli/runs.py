@@ -151,8 +151,12 @@ def _keep_event(record: bytes, last_step: int) -> bool:
     from tensorboard.compat.proto.event_pb2 import Event
 
     event = Event.FromString(record)
-    hparams = any(v.tag.startswith(("_hparams_/", "hparam/")) for v in event.summary.value)
-    return event.step <= last_step and not hparams
+    tags = [v.tag for v in event.summary.value]
+    if any(t.startswith(("_hparams_/", "hparam/")) for t in tags):
+        return False  # the run writes its hparams record again at its end
+    if event.step == last_step and any(t.startswith("class_maps/") for t in tags):
+        return False  # likewise its final class maps, when the checkpoint is the run's last
+    return event.step <= last_step
 
 
 def truncate_events(tb: Path, last_step: int) -> None:

@@ -28,8 +28,11 @@ def conv_inputs(overrides: list[str]) -> list[tuple[str, nn.Conv2d, list[int]]]:
     net = build_model(cfg.model, cfg.head, shape, classes).eval()
     named = [(name, m) for name, m in net.named_layers() if isinstance(m, nn.Conv2d)]
     shapes: dict[int, list[int]] = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out: shapes.setdefault(id(mod), list(inp[0].shape[1:])))
-             for _, m in named]
+
+    def record(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:  # None: the output stays as it is
+        shapes[id(mod)] = list(inputs[0].shape[1:])
+
+    hooks = [m.register_forward_hook(record) for _, m in named]
     with torch.no_grad():
         net(torch.zeros(1, *shape))
     for h in hooks:

@@ -188,6 +188,9 @@ def test_resume_mistakes_exit_2_with_one_line(nin, tmp_path, one_epoch):
     for args, needle in cases:
         result = nin("train", *args)
         assert result.code == 2 and len(result.err_lines) == 1 and needle in result.err, result.err
+    fork = tmp_path / "fork"  # a checkpoint continued with another architecture
+    result = nin("train", f"resume={one_epoch}/checkpoints/last.pt", "model.batch_norm=false", f"hydra.run.dir={fork}")
+    assert result.code == 2 and "does not fit the configured model" in result.err_lines[-1], result.err
 
 
 def test_a_run_directory_in_use_is_refused(nin, tmp_path):

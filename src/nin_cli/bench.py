@@ -5,7 +5,7 @@ Three pipelines train and evaluate the same architecture on synthetic images of 
 runs them; (b) `bare`: a textbook PyTorch loop over pre-loaded, pre-normalised tensors (the reference);
 (c) `conventional`: a `DataLoader` over in-memory PIL images with torchvision transforms and an NCHW fp32 model,
 what public NIN ports do. FLOPs come from `torch.utils.flop_counter`; the peak is the best of a few square
-matmuls on the same device.
+`torch.mm`s and of a few 3×3 channels_last convs (oneDNN's implicit GEMM), whichever is faster, on the same device.
 
 Measurements are interleaved in rounds (the order rotates each round), so a shared or throttling machine slows
 every pipeline alike; throughputs are medians over rounds, ratios medians of per-round ratios. The learning rate
@@ -92,21 +92,37 @@ def clock_function(name: str, device: torch.device) -> Callable[[], float]:
     return time.perf_counter if name == "wall" else time.process_time
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5,
-                clock: Callable[[], float] = time.perf_counter) -> float:
-    """GFLOP/s of the fastest of `repeats` size×size matmuls (after one warm-up)."""
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=g).to(device, dtype)
-    b = torch.randn(size, size, generator=g).to(device, dtype)
-    a @ b
+def fastest(fn: Callable[[], object], device: torch.device, repeats: int, clock: Callable[[], float]) -> float:
+    """Seconds of the fastest of `repeats` calls, after one warm-up."""
+    fn()
     synchronize(device)
     best = float("inf")
     for _ in range(repeats):
         start = clock()
-        a @ b
+        fn()
         synchronize(device)
         best = min(best, clock() - start)
-    return 2 * size**3 / best / 1e9
+    return best
+
+
+@torch.no_grad()
+def matmul_peaks(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5,
+                 clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """GFLOP/s of a size×size `torch.mm` (MKL / cuBLAS) and of a 3×3 channels_last conv, oneDNN's implicit GEMM
+    (faster than MKL's sgemm on AMD CPUs: the peak is the larger of the two, so no layer can beat it)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(device, dtype)
+    b = torch.randn(size, size, generator=g).to(device, dtype)
+    width = 256 if size >= 2048 else 32
+    x = torch.randn(32, width, 16, 16, generator=g).to(device, dtype).contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(width, width, 3, padding=1, bias=False).to(device, dtype, memory_format=torch.channels_last)
+    return {"mm": 2 * size**3 / fastest(lambda: a @ b, device, repeats, clock) / 1e9,
+            "conv": 2 * x.numel() * width * 9 / fastest(lambda: conv(x), device, repeats, clock) / 1e9}
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5,
+                clock: Callable[[], float] = time.perf_counter) -> float:
+    return max(matmul_peaks(device, dtype, size, repeats, clock).values())
 
 
 def device_name(device: torch.device) -> str:
@@ -386,7 +402,9 @@ def run_rounds(p: Pipelines, rounds: int, peak_size: int) -> list[dict[str, floa
         fn()
     rows = []
     for r in range(rounds):
-        row = {"peak_fp32_gflops": matmul_peak(p.device, torch.float32, peak_size, clock=p.clock)}
+        peaks = matmul_peaks(p.device, torch.float32, peak_size, clock=p.clock)
+        row = {"peak_fp32_gflops": max(peaks.values()), "peak_fp32_mm_gflops": peaks["mm"],
+               "peak_fp32_conv_gflops": peaks["conv"]}
         names = list(timed)[r % len(timed):] + list(timed)[:r % len(timed)]
         for name in names:
             before = os_usage()
@@ -440,6 +458,8 @@ def summarize(rows: list[dict], flops: tuple[int, int], peak_bf16: float | None,
         "peak_share": gflops["train_gflops"] / peak, "eval_peak_share": gflops["eval_gflops"] / peak,
         "bare_peak_share": gflops["bare_train_gflops"] / peak,
         "peak_fp32_gflops": peak_fp32, "peak_bf16_gflops": peak_bf16, "peak_dtype": "bf16" if low else "fp32",
+        "peak_fp32_mm_gflops": max(r["peak_fp32_mm_gflops"] for r in rows),
+        "peak_fp32_conv_gflops": max(r["peak_fp32_conv_gflops"] for r in rows),
         "flops_forward_per_image": forward, "flops_train_per_image": step, "rounds": rows,
         "page_faults_per_step": _median(rows, "page_faults_per_step"),
         "system_time_share": _median(rows, "system_time_share"),
@@ -521,7 +541,8 @@ def print_report(result: dict) -> None:
                       num(gflops, ",.1f"), "—" if gflops is None else f"{gflops / peak:.1%}")
     console = Console()
     console.print(table)
-    console.print(f"matmul peak: fp32 {r['peak_fp32_gflops']:,.1f} GFLOP/s, bf16 "
+    console.print(f"matmul peak: fp32 {r['peak_fp32_gflops']:,.1f} GFLOP/s (torch.mm {r['peak_fp32_mm_gflops']:,.1f}, "
+                  f"3×3 conv {r['peak_fp32_conv_gflops']:,.1f}), bf16 "
                   f"{num(r['peak_bf16_gflops'], ',.1f')}{'' if r['peak_bf16_gflops'] else ' (no native bf16)'}; "
                   f"{r['flops_train_per_image'] / 1e9:.3f} GFLOP per training image, "
                   f"{r['flops_forward_per_image'] / 1e9:.3f} per eval image", highlight=False)

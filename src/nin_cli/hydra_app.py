@@ -84,9 +84,9 @@ def write_run_files(cfg: NinConfig, run_dir: Path, device: str) -> None:
     from omegaconf import OmegaConf
 
     from nin_cli.config import to_dict
-    from nin_cli.runs import provenance, write_json
+    from nin_cli.runs import provenance, write_json, write_text
 
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
     path = run_dir / "provenance.json"
     try:
         record = json.loads(path.read_text()) if path.exists() else None

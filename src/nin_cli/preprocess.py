@@ -106,11 +106,12 @@ def apply_preprocessing(images: torch.Tensor, constants: dict) -> torch.Tensor:
     kind = constants.get("kind", "mean_std")
     x = images.to(torch.float32)
     if kind in ("none", "mean_std"):
-        x = x.div_(255.0)
-        if "mean" in constants:
-            mean = torch.as_tensor(constants["mean"], dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-            std = torch.as_tensor(constants["std"], dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-            x = x.sub_(mean).div_(std)
+        if "mean" not in constants:
+            return x.div_(255.0)
+        # (x/255 − m)/s as (x − 255m)/(255s) per channel, with Python numbers: a host→GPU copy of the constants
+        # would synchronise the stream on every training batch.
+        for c, (mean, std) in enumerate(zip(constants["mean"], constants["std"], strict=True)):
+            x[:, c].sub_(255.0 * float(mean)).div_(255.0 * float(std))
         return x
     x = gcn(x, constants["gcn_scale"])
     if kind == "gcn_zca":

@@ -51,11 +51,15 @@ class RunPaths:
         return self.root / "tb"
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename) so a crash never leaves half a file."""
+def write_text(path: Path, text: str) -> None:
+    """Write a file atomically (temp file + rename) so a crash never leaves half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def _git(*args: str) -> str | None:

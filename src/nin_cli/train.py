@@ -220,6 +220,9 @@ def stop_on_signals() -> Iterator[StopRequest]:
             raise InterruptedNow(128 + signum)
         stop.signum = signum
 
+    def leave_now(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
         yield stop
         return
@@ -227,8 +230,8 @@ def stop_on_signals() -> Iterator[StopRequest]:
     try:
         yield stop
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        for sig, old in previous.items():  # after a stop the process is on its way out: another signal ends it
+            signal.signal(sig, old if stop.signum is None else leave_now)
 
 
 def train_step(loop: Loop, images: torch.Tensor, labels: torch.Tensor, steps: int) -> tuple[torch.Tensor, float]:

@@ -298,6 +298,9 @@ def build_pipelines(cfg: NinConfig, opts: BenchOptions, device: torch.device) ->
     if opts.conventional and image_spec(cfg)[0][0] in (1, 3):  # channel counts PIL can hold
         p.conventional = make_trainee(cfg, device, False, False, bare=True)
         p.loaders = conventional_loaders(cfg, opts.workers, n_train, n_eval, device)
+    for other in (p.bare, p.conventional):  # identical weights: no pipeline gets luckier data-dependent timings
+        if other is not None:
+            other.model.load_state_dict(p.nin.model.state_dict())
     return p
 
 

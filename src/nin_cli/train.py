@@ -102,7 +102,7 @@ def build_optimizer(model: NIN, cfg: OptimConfig) -> torch.optim.Optimizer:
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
-            is_weight = name == "weight" and isinstance(module, nn.Conv2d | nn.Linear)
+            is_weight = name == "weight" and param.ndim > 1  # conv, linear and locally connected kernels
             groups.setdefault((module is last, is_weight), []).append(param)
     param_groups = []
     for (is_last, is_weight), params in groups.items():

@@ -12,7 +12,8 @@ from pathlib import Path
 
 TRAIN = [("nin train img/s", "train_images_per_s", ",.1f"), ("bare img/s", "bare_train_images_per_s", ",.1f"),
          ("conventional img/s", "conventional_train_images_per_s", ",.1f"), ("nin GFLOP/s", "train_gflops", ",.1f"),
-         ("fp32 peak GFLOP/s", "peak_fp32_gflops", ",.1f"), ("peak_share", "peak_share", ".3f"),
+         ("fp32 mm peak GFLOP/s", "peak_fp32_gflops", ",.1f"), ("peak_share", "peak_share", ".3f"),
+         ("3×3 conv GFLOP/s", "peak_fp32_conv_gflops", ",.1f"), ("share of the faster", "peak_share_strict", ".3f"),
          ("bare_loop_ratio", "bare_loop_ratio", ".3f"), ("conventional_ratio", "conventional_ratio", ".2f"),
          ("page faults / step", "page_faults_per_step", ",.0f"), ("system time", "system_time_share", ".1%")]
 EVAL = [("nin eval img/s", "eval_images_per_s", ",.1f"), ("bare img/s", "bare_eval_images_per_s", ",.1f"),

@@ -20,7 +20,7 @@ TINY = ["dataset=synthetic", "model=nin_small", "dataset.image_shape=[3,8,8]", "
 RATES = ("train_images_per_s", "eval_images_per_s", "bare_train_images_per_s", "bare_eval_images_per_s",
          "conventional_train_images_per_s", "conventional_eval_images_per_s", "train_gflops", "eval_gflops",
          "peak_fp32_gflops", "bare_loop_ratio", "bare_loop_eval_ratio", "conventional_ratio",
-         "conventional_eval_ratio", "peak_share", "eval_peak_share")
+         "conventional_eval_ratio", "peak_share", "eval_peak_share", "peak_fp32_conv_gflops", "peak_share_strict")
 
 
 def test_bench_json_reports_every_field(nin):
@@ -29,7 +29,7 @@ def test_bench_json_reports_every_field(nin):
     r = result.json()
     for key in RATES:
         assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (key, r[key])
-    assert 0 < r["peak_share"] < 1 and 0 < r["eval_peak_share"] < 1
+    assert 0 < r["peak_share_strict"] <= r["peak_share"] < 1 and 0 < r["eval_peak_share"] < 1
     assert r["train_gflops"] == pytest.approx(r["train_images_per_s"] * r["flops_train_per_image"] / 1e9)
     assert 2 * r["flops_forward_per_image"] < r["flops_train_per_image"] <= 3 * r["flops_forward_per_image"]
     assert r["peak_bf16_gflops"] is None or r["peak_bf16_gflops"] > 0

@@ -11,12 +11,13 @@ path) and reports the process's peak resident set size (ru_maxrss) after `load_d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import resource
 import sys
 import time
 from pathlib import Path
+
+from torchvision.datasets.utils import calculate_md5
 
 SIZES = {"train": 73_257, "extra": 531_131, "test": 26_032}
 
@@ -35,14 +36,6 @@ def make(folder: Path) -> None:
         print(f"wrote {folder / f'{split}_32x32.mat'} ({n:,} images)")
 
 
-def md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def measure(folder: Path) -> dict:
     import torch
     from torchvision import datasets
@@ -50,7 +43,8 @@ def measure(folder: Path) -> dict:
     from nin_cli.config import load_config
     from nin_cli.data import load_data
 
-    split_list = {s: [url, name, md5(folder / name)] for s, (url, name, _) in datasets.SVHN.split_list.items()}
+    split_list = {s: [url, name, calculate_md5(str(folder / name))]
+                  for s, (url, name, _) in datasets.SVHN.split_list.items()}
     datasets.SVHN.split_list = split_list
     cfg = load_config(["dataset=svhn", f"dataset.root={folder}"]).dataset
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.datasets.utils import calculate_md5
 
 from nin_cli.config import DatasetConfig
 from nin_cli.errors import ConfigError, DataError
@@ -75,21 +76,13 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) < 200 else text[:197] + "..."
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _diagnose(folder: Path, files: list[tuple[str, str | None]]) -> tuple[str, bool] | None:
     """What is wrong with an official file set: (message, files_missing), or None if every file checks out."""
     missing = [name for name, _ in files if not (folder / name).is_file()]
     if missing:
         return f"not found under {folder} (missing {', '.join(missing)})", True
     for name, md5 in files:
-        if md5 and _md5(folder / name) != md5:
+        if md5 and calculate_md5(folder / name) != md5:
             return f"{folder / name} is truncated or corrupt (MD5 checksum mismatch)", False
     return None
 
@@ -182,7 +175,7 @@ def _unpack_idx(cfg: DatasetConfig, raw: Path, resources: list[tuple[str, str]],
     missing = []
     for name, md5 in resources:
         packed, unpacked = raw / name, raw / name[:-3]
-        if packed.is_file() and _md5(packed) != md5:
+        if packed.is_file() and calculate_md5(packed) != md5:
             raise DataError(f"mnist: {packed} is truncated or corrupt (MD5 checksum mismatch); delete it and get "
                             f"it again: `nin data dataset=mnist --download` where a network exists, or {fetch}")
         if unpacked.is_file():

@@ -155,16 +155,6 @@ def flops_per_image(cfg: NinConfig, shape: list[int], classes: int) -> tuple[int
 # ------------------------------------------------------------------------------------------------- pipelines
 
 
-class NullWriter:
-    """Stands in for TensorBoard's SummaryWriter: the runner's per-interval scalars cost nothing here."""
-
-    def add_scalar(self, *args, **kwargs) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-
 def image_spec(cfg: NinConfig) -> tuple[list[int], int]:
     shape, classes = cfg.dataset.image_shape, cfg.dataset.num_classes
     if shape is None or classes is None:
@@ -311,7 +301,7 @@ def time_nin_train(p: Pipelines) -> float:
     """Seconds for one `train_one_epoch` of `steps` steps: batch order, augmentation, `to_input`, lr, step,
     device-side accumulation and its read-back, exactly as `nin train` runs them."""
     from nin_cli.runs import RunPaths
-    from nin_cli.train import EpochSums, Loop, StopRequest, TrainState, train_one_epoch
+    from nin_cli.train import EpochSums, Loop, NullWriter, StopRequest, TrainState, train_one_epoch
 
     t, device = p.nin, p.device
     loop = Loop(p.cfg, RunPaths(Path(os.devnull)), p.data, t.model, t.step_model, t.optimizer, t.scaler, TrainState(),

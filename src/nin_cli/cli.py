@@ -25,16 +25,25 @@ def train(ctx: typer.Context) -> None:
     from nin_cli.runs import resume_overrides
 
     overrides = resume_overrides(list(ctx.args))  # an existing run continues with its own overrides first
-    load_config(overrides)  # validate before torch is imported or a run directory exists
+    cfg = load_config(overrides)  # validate before torch is imported or a run directory exists
 
-    from nin_cli.hydra_app import hydra_run, write_run_files
-    from nin_cli.train import fit, resolve_device
+    from nin_cli.distributed import launch, launched_by_torchrun, train_worker
 
-    def task(cfg, run_dir: Path) -> dict:
-        write_run_files(cfg, run_dir, str(resolve_device(cfg.trainer.device)))
-        return fit(cfg, run_dir)
+    if launched_by_torchrun():  # one of N processes: rank 0 makes the run directory and reports
+        summary = train_worker(overrides)
+        if summary is None:
+            return
+    elif cfg.trainer.devices > 1:
+        raise typer.Exit(launch(cfg.trainer.devices, cfg.trainer.device, list(ctx.args)))
+    else:
+        from nin_cli.hydra_app import hydra_run, write_run_files
+        from nin_cli.train import fit, resolve_device
 
-    summary = hydra_run(overrides, task)
+        def task(cfg, run_dir: Path) -> dict:
+            write_run_files(cfg, run_dir, str(resolve_device(cfg.trainer.device)))
+            return fit(cfg, run_dir)
+
+        summary = hydra_run(overrides, task)
     best = summary["best_val_error"]
     print(f"test error {summary['test_error']:.2f}%"
           + (f", best val error {best:.2f}% (epoch {summary['best_epoch']})" if best is not None else ""))
@@ -230,10 +239,15 @@ def _crash_log() -> Path:
 def main() -> None:
     from typer.exceptions import Abort, TyperException
 
+    from nin_cli.distributed import env_rank, report_failure
+    from nin_cli.errors import PeerFailed
+
     try:
         code = app(args=sys.argv[1:] or ["--help"], prog_name="nin", standalone_mode=False)
     except NinError as err:
-        print(f"nin: error: {err}", file=sys.stderr)
+        report_failure(str(err), err.exit_code)  # a worker of `trainer.devices=N`: for the parent to report
+        if env_rank() == 0 and not isinstance(err, PeerFailed):  # one line per run, not one per process
+            print(f"nin: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except Abort:
         print("nin: interrupted", file=sys.stderr)
@@ -245,7 +259,9 @@ def main() -> None:
         print("nin: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:  # a bug: the traceback goes to a file, one line on screen
-        print(f"nin: internal error ({type(err).__name__}); traceback in {_crash_log()}", file=sys.stderr)
+        line = f"internal error ({type(err).__name__}); traceback in {_crash_log()}"
+        report_failure(line, 1)
+        print(f"nin: {line}", file=sys.stderr)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 

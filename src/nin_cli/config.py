@@ -135,6 +135,7 @@ class TrainerConfig:
     collapse_epochs: int = _range(5, lo=0)  # stop (exit 5) after this many epochs at chance; 0 disables
     progress: str = _choice("auto", "auto", "rich", "plain", "none")
     checkpoint_every_steps: int | None = _range(None, lo=1)  # also save last.pt mid-epoch; null: at epoch ends
+    devices: int = _range(1, lo=1)  # processes (one per GPU): DDP through torch.distributed.run (README, "Scaling out")
 
 
 @dataclass
@@ -287,6 +288,12 @@ def _check_consistency(cfg: NinConfig) -> None:
         raise ConfigError(f"optim.betas={cfg.optim.betas}: expected two numbers")
     if cfg.dataset.image_shape is not None and len(cfg.dataset.image_shape) != 3:
         raise ConfigError(f"dataset.image_shape={cfg.dataset.image_shape}: expected [channels, height, width]")
+    devices = cfg.trainer.devices
+    if devices > 1 and cfg.trainer.batch_size % devices:
+        raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is the global batch: it must divide evenly "
+                          f"over trainer.devices={devices}")
+    if devices > 1 and cfg.trainer.device == "mps":
+        raise ConfigError("trainer.devices > 1 needs CUDA (NCCL) or the CPU (gloo); MPS has no distributed backend")
 
 
 def to_config(node: Any) -> NinConfig:

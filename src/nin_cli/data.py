@@ -231,17 +231,19 @@ def steps_per_epoch(n: int, batch_size: int, max_steps: int | None = None) -> in
 
 
 def train_batches(split: Split, batch_size: int, seed: int, epoch: int, translate: int = 0, flip: bool = False,
-                  start_step: int = 0, max_steps: int | None = None
+                  start_step: int = 0, max_steps: int | None = None, rank: int = 0, world_size: int = 1
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled, augmented batches. Order and augmentation come from a generator seeded by (seed, epoch) alone,
-    so resuming at `start_step` replays exactly the batches an uninterrupted epoch would have seen."""
+    so resuming at `start_step` replays exactly the batches an uninterrupted epoch would have seen. With several
+    processes `batch_size` is the global batch and rank r takes the r-th of `world_size` equal slices of it: the
+    same images, augmented the same way, as one process would train on."""
     n, device = len(split), split.images.device
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=g).to(device)
     shifts = torch.randint(0, 2 * translate + 1, (n, 2), generator=g).to(device) if translate else None
     flips = (torch.rand(n, generator=g) < 0.5).to(device) if flip else None
     for step in range(start_step, steps_per_epoch(n, batch_size, max_steps)):
-        idx = order[step * batch_size:(step + 1) * batch_size]
+        idx = order[step * batch_size:(step + 1) * batch_size].tensor_split(world_size)[rank]
         images = translate_and_flip(split.images[idx], shifts[idx] if shifts is not None else None,
                                     flips[idx] if flips is not None else None, translate)
         yield images, split.labels[idx]

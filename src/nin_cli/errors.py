@@ -41,6 +41,10 @@ class Interrupted(NinError):
         self.exit_code = exit_code
 
 
+class PeerFailed(NinError):
+    """Another process of a `trainer.devices=N` run died; the parent reports that process's own error."""
+
+
 class InterruptedNow(KeyboardInterrupt):
     """A second Ctrl-C or SIGTERM: leave at once, without a checkpoint (130 / 143).
 

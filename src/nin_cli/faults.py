@@ -6,6 +6,7 @@ optimizer update of step STEP), and inside `save_checkpoint` for a checkpoint of
 bytes written), `before_rename` (written and verified, not yet renamed), `after_rename` (renamed, directory not yet
 fsynced). Actions: `kill` (SIGKILL: a crash), `term` / `int` (send this process SIGTERM / SIGINT), `enospc` (a full
 disk: OSError ENOSPC), `nan` (`inject` returns True; the caller poisons the loss). Unset, `inject` returns False.
+With several processes (`trainer.devices=N`), `NIN_FAULT_RANK=R` limits the faults to the process of rank R.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ ACTIONS = ("kill", "term", "int", "enospc", "nan")
 
 def inject(point: str, step: int) -> bool:
     spec = os.environ.get(ENV)
-    if not spec:
+    if not spec or os.environ.get("NIN_FAULT_RANK", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
         return False
     for item in spec.split(","):
         where, _, action = item.strip().partition("=")

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,18 @@ from torch import nn
 
 from nin_cli.checkpoint import load_checkpoint, save_checkpoint
 from nin_cli.config import NinConfig, OptimConfig, ScheduleConfig, to_dict
-from nin_cli.data import Data, load_data, steps_per_epoch, to_input, train_batches
+from nin_cli.data import Data, Split, load_data, steps_per_epoch, to_input, train_batches
+from nin_cli.distributed import (
+    Dist,
+    agree_stop,
+    all_sum,
+    barrier,
+    broadcast_object,
+    gather_objects,
+    peer_failure,
+    shutdown,
+    wrap_model,
+)
 from nin_cli.errors import ConfigError, DataError, DivergedError, Interrupted, InterruptedNow
 from nin_cli.evaluate import evaluate
 from nin_cli.faults import inject
@@ -200,6 +211,7 @@ class Loop:
     writer: Any
     stop: StopRequest
     nonfinite: torch.Tensor  # accelerators: "a loss since the last check was not finite", read lazily
+    dist: Dist = Dist()  # this process's place among the run's processes (Dist(): the only one)
 
     @property
     def check_every_step(self) -> bool:
@@ -287,18 +299,19 @@ def train_one_epoch(loop: Loop, advance) -> dict[str, float] | None:
     order train_batches gives for (seed, epoch). Returns {"loss", "accuracy", "images_per_s"}, or None when a
     signal stopped it between two steps."""
     cfg, state, sums = loop.cfg, loop.state, loop.sums
-    tr = cfg.trainer
+    tr, world = cfg.trainer, loop.dist.world_size
     loop.step_model.train()
     steps = steps_per_epoch(len(loop.data.train), tr.batch_size, tr.max_steps_per_epoch)
     seen_before, start = sums.seen, time.perf_counter()
     batches = train_batches(loop.data.train, tr.batch_size, tr.seed, state.epoch, cfg.dataset.translate,
-                            cfg.dataset.flip, start_step=state.epoch_step, max_steps=tr.max_steps_per_epoch)
+                            cfg.dataset.flip, start_step=state.epoch_step, max_steps=tr.max_steps_per_epoch,
+                            rank=loop.dist.rank, world_size=loop.dist.world_size)
     for images, labels in batches:
-        if loop.stop.signum is not None:
+        if stop_requested(loop):
             return None
         loss, mult = train_step(loop, images, labels, steps)
         if state.step % tr.log_every == 0 or state.epoch_step == steps:  # logged before any save of this step
-            log_step(loop, loss, mult, (sums.seen - seen_before) / (time.perf_counter() - start))
+            log_step(loop, loss, mult, world * (sums.seen - seen_before) / (time.perf_counter() - start))
         inject("after_step", state.step)
         every = tr.checkpoint_every_steps
         if every and state.step % every == 0 and state.epoch_step < steps:  # the epoch's end saves anyway
@@ -306,8 +319,44 @@ def train_one_epoch(loop: Loop, advance) -> dict[str, float] | None:
         advance(1, f"loss {sums.loss.item() / sums.seen:.3f} lr×{mult:.3g}" if tr.progress == "rich"
                 and state.epoch_step % 10 == 0 else "")
     elapsed = time.perf_counter() - start
-    return {"loss": sums.loss.item() / sums.seen, "accuracy": sums.correct.item() / sums.seen,
-            "images_per_s": (sums.seen - seen_before) / max(elapsed, 1e-9)}
+    loss, correct, seen = epoch_totals(loop)
+    return {"loss": loss / seen, "accuracy": correct / seen,
+            "images_per_s": world * (sums.seen - seen_before) / max(elapsed, 1e-9)}
+
+
+def stop_requested(loop: Loop) -> bool:
+    """A signal received by this process or, with several, by any of them: all stop before the same step."""
+    loop.stop.signum = agree_stop(loop.stop.signum, loop.dist)
+    return loop.stop.signum is not None
+
+
+def epoch_totals(loop: Loop) -> tuple[float, int, int]:
+    """The epoch's loss sum, correct count and images seen so far, over all processes."""
+    sums = loop.sums
+    totals = all_sum(torch.stack([sums.loss.double(), sums.correct.double(),
+                                  torch.tensor(float(sums.seen), dtype=torch.float64, device=sums.loss.device)]),
+                     loop.dist)
+    loss, correct, seen = totals.tolist()
+    return loss, round(correct), round(seen)
+
+
+def evaluate_shards(loop: Loop, split: Split) -> dict[str, float]:
+    """`evaluate` on the whole split; with several processes each scores every world_size-th image and the sums
+    are added up."""
+    tr, dist = loop.cfg.trainer, loop.dist
+    if not dist.enabled:
+        return evaluate(loop.model, split, loop.data.preprocessing, tr.eval_batch_size, tr.channels_last,
+                        autocast_dtype(tr.precision))
+    part = Split(split.images[dist.rank::dist.world_size], split.labels[dist.rank::dist.world_size])
+    mine = evaluate(loop.model, part, loop.data.preprocessing, tr.eval_batch_size, tr.channels_last,
+                    autocast_dtype(tr.precision))
+    n = mine["n"]
+    local = [mine["loss"] * n, mine["accuracy"] * n, n] if n else [0.0, 0.0, 0]
+    loss, correct, n = all_sum(torch.tensor(local, dtype=torch.float64, device=loop.nonfinite.device), dist).tolist()
+    if not n:
+        return {"loss": float("nan"), "accuracy": float("nan"), "error": float("nan"), "n": 0}
+    accuracy = round(correct) / n
+    return {"loss": loss / n, "accuracy": accuracy, "error": 100.0 * (1.0 - accuracy), "n": int(n)}
 
 
 def end_epoch(loop: Loop, train: dict[str, float], epoch_start: float) -> None:
@@ -315,8 +364,7 @@ def end_epoch(loop: Loop, train: dict[str, float], epoch_start: float) -> None:
     collapse. State is complete before the save, so a resume from it repeats nothing and skips nothing."""
     cfg, state, data, optimizer = loop.cfg, loop.state, loop.data, loop.optimizer
     tr = cfg.trainer
-    val = evaluate(loop.model, data.val, data.preprocessing, tr.eval_batch_size, tr.channels_last,
-                   autocast_dtype(tr.precision))
+    val = evaluate_shards(loop, data.val)
     state.epoch += 1
     state.epoch_step = 0
     state.stopped_early = update_plateau(state, cfg.schedule, train["accuracy"])
@@ -328,8 +376,9 @@ def end_epoch(loop: Loop, train: dict[str, float], epoch_start: float) -> None:
     row = {"epoch": state.epoch, "step": state.step, "lr": lr, "train_loss": train["loss"],
            "train_accuracy": train["accuracy"], "val_loss": val["loss"], "val_error": val["error"],
            "images_per_s": train["images_per_s"], "epoch_time_s": time.perf_counter() - epoch_start}
-    log_epoch(loop.writer, row, tr.epochs)
-    append_metrics(loop.paths.metrics, row)
+    if loop.dist.is_main:
+        log_epoch(loop.writer, row, tr.epochs)
+        append_metrics(loop.paths.metrics, row)
     loop.sums = EpochSums.zeros(loop.nonfinite.device)
     save_checkpoints(loop, best=improved)
     if collapsed:
@@ -353,7 +402,7 @@ def train_epochs(loop: Loop) -> None:
             save_checkpoints(loop, best=False)
             raise interrupted(loop)
         end_epoch(loop, train, epoch_start)
-        if loop.stop.signum is not None:
+        if stop_requested(loop):
             raise interrupted(loop)
 
 
@@ -388,10 +437,14 @@ def checkpoint_payload(loop: Loop) -> dict:
     """Everything a bit-exact resume needs: weights, optimizer, scaler, state (epoch, step, position inside the
     epoch, best metric, plateau rule), the epoch's running sums and every RNG. The data order is a function of
     (seed, epoch, step), recorded as `data_order`."""
-    state, sums, data = loop.state, loop.sums, loop.data
+    state, data = loop.state, loop.data
+    rng = gather_objects(rng_states(), loop.dist)  # each process's own (dropout masks differ between ranks)
+    loss, correct, seen = epoch_totals(loop)
     return {"config": to_dict(loop.cfg), "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
-            "scaler": loop.scaler.state_dict(), "state": asdict(state), "rng": rng_states(),
-            "epoch_sums": {"loss": sums.loss, "correct": sums.correct, "seen": sums.seen},
+            "scaler": loop.scaler.state_dict(), "state": asdict(state), "rng": rng[0],
+            **({"rng_ranks": rng} if loop.dist.enabled else {}),
+            "epoch_sums": {"loss": torch.tensor(loss, dtype=torch.float32), "correct": torch.tensor(correct),
+                           "seen": seen},
             "data_order": {"seed": loop.cfg.trainer.seed, "epoch": state.epoch, "step": state.epoch_step},
             "data": {"classes": data.classes, "image_shape": data.image_shape, "preprocessing": data.preprocessing}}
 
@@ -411,13 +464,16 @@ def raise_if_not_finite(loop: Loop) -> None:
 
 def save_checkpoints(loop: Loop, best: bool) -> None:
     """best.pt (when improved) and last.pt, after TensorBoard is flushed: everything logged up to this step is on
-    disk, so a resume from this checkpoint purges only what came later."""
+    disk, so a resume from this checkpoint purges only what came later. Every process takes part (RNG states and
+    sums are gathered); process 0 writes, and the others wait until the files are complete."""
     raise_if_not_finite(loop)
     loop.writer.flush()
     payload = checkpoint_payload(loop)
-    if best:
-        save_checkpoint(loop.paths.best, payload)
-    save_checkpoint(loop.paths.last, payload)
+    if loop.dist.is_main:
+        if best:
+            save_checkpoint(loop.paths.best, payload)
+        save_checkpoint(loop.paths.last, payload)
+    barrier(loop.dist)
 
 
 def newest_checkpoint(paths: RunPaths) -> tuple[Path, dict] | None:
@@ -469,10 +525,11 @@ def restore(path: Path, record: dict, loop: Loop) -> None:
     known = {f.name for f in fields(TrainState)}
     loop.state = TrainState(**{k: v for k, v in record["state"].items() if k in known})
     sums = record.get("epoch_sums")
-    if sums and loop.state.epoch_step:
+    if sums and loop.state.epoch_step and loop.dist.is_main:  # the sums over all processes, counted once
         device = loop.nonfinite.device
         loop.sums = EpochSums(sums["loss"].to(device), sums["correct"].to(device), int(sums["seen"]))
-    restore_rng(record["rng"])
+    per_rank = record.get("rng_ranks") or []
+    restore_rng(per_rank[loop.dist.rank] if len(per_rank) == loop.dist.world_size else record["rng"])
 
 
 def rng_states() -> dict:
@@ -515,8 +572,9 @@ def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
 # ------------------------------------------------------------------------------------------------------ fit
 
 
-def setup(cfg: NinConfig, paths: RunPaths, stop: StopRequest) -> Loop:
-    """Device, seeds, data, model, optimizer; then the resume (own checkpoint or resume=...), if any."""
+def setup(cfg: NinConfig, paths: RunPaths, stop: StopRequest, dist: Dist) -> Loop:
+    """Device, seeds, data, model, optimizer; then the resume (own checkpoint or resume=...), if any. With several
+    processes, process 0 alone touches the run directory and picks the checkpoint every process resumes from."""
     from torch.utils.tensorboard import SummaryWriter
 
     tr = cfg.trainer
@@ -528,42 +586,72 @@ def setup(cfg: NinConfig, paths: RunPaths, stop: StopRequest) -> Loop:
     model = build_model(cfg.model, cfg.head, data.image_shape, data.num_classes).to(device)
     if tr.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if dist.rank:  # the same initial weights everywhere, but each process its own dropout masks
+        torch.manual_seed(tr.seed * 1_000_003 + dist.rank)
     loop = Loop(cfg, paths, data, model, model, build_optimizer(model, cfg.optim),
                 torch.amp.GradScaler(device.type, enabled=tr.precision == "fp16"), TrainState(),
-                EpochSums.zeros(device), None, stop, torch.zeros((), dtype=torch.bool, device=device))
-    for path in remove_stale_temps(paths):
-        log.info("removed %s, left by an interrupted write", path)
-    source = resume_source(cfg, paths)
+                EpochSums.zeros(device), NullWriter(), stop, torch.zeros((), dtype=torch.bool, device=device), dist)
+    if dist.is_main:
+        for path in remove_stale_temps(paths):
+            log.info("removed %s, left by an interrupted write", path)
+    source = broadcast_object(resume_source(cfg, paths) if dist.is_main else None, dist)
     if source is not None:
         restore(*source, loop)
         log.info("resuming from %s at epoch %d, step %d (%d into the epoch)", source[0], loop.state.epoch + 1,
                  loop.state.step, loop.state.epoch_step)
-    truncate_metrics(paths.metrics, loop.state.epoch)
-    truncate_events(paths.tb, loop.state.step)
-    loop.step_model = torch.compile(model) if tr.compile else model
-    loop.writer = SummaryWriter(str(paths.tb))
+    step_model = wrap_model(model, device, dist)
+    loop.step_model = torch.compile(step_model) if tr.compile else step_model
+    if dist.is_main:
+        truncate_metrics(paths.metrics, loop.state.epoch)
+        truncate_events(paths.tb, loop.state.step)
+        loop.writer = SummaryWriter(str(paths.tb))
     return loop
 
 
-def fit(cfg: NinConfig, run_dir: Path) -> dict:
-    """Train `cfg` in `run_dir`, continuing from its newest checkpoint (or `resume=`) when there is one; returns
-    the summary. Ctrl-C / SIGTERM: checkpoint, then Interrupted (130 / 143)."""
-    paths = RunPaths(run_dir)
-    with run_dir_lock(run_dir), stop_on_signals() as stop:
-        loop = setup(cfg, paths, stop)
-        start = time.perf_counter()
-        try:
-            train_epochs(loop)
-            summary = final_summary(loop.model, loop.data, cfg, loop.state, paths, time.perf_counter() - start)
-            from nin_cli.cam import log_class_maps  # the paper's confidence maps of a few test images
+class NullWriter:
+    """The TensorBoard writer of processes other than 0: the run's events are process 0's."""
 
-            log_class_maps(loop.writer, loop.model, loop.data, loop.state.step)
-            loop.writer.add_hparams(hparams(cfg), {"hparam/val_error": summary["best_val_error"] or float("nan"),
-                                                   "hparam/test_error": summary["test_error"]},
-                                    run_name=".", global_step=loop.state.step)
-        finally:
-            loop.writer.close()
-        write_json(paths.summary, summary)
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def fit(cfg: NinConfig, run_dir: Path, dist: Dist | None = None) -> dict | None:
+    """Train `cfg` in `run_dir`, continuing from its newest checkpoint (or `resume=`) when there is one; returns
+    the summary (process 0; None on the others). Ctrl-C / SIGTERM: checkpoint, then Interrupted (130 / 143)."""
+    dist, paths, summary = dist or Dist(), RunPaths(run_dir), None
+    try:
+        with run_dir_lock(run_dir) if dist.is_main else nullcontext(), stop_on_signals() as stop:
+            loop = setup(cfg, paths, stop, dist)
+            start = time.perf_counter()
+            try:
+                train_epochs(loop)
+                if dist.is_main:
+                    summary = finish(loop, time.perf_counter() - start)
+                barrier(dist)
+            except RuntimeError as err:  # another process died: its own error is the one to report
+                lost = peer_failure(err, dist)
+                if lost is err:
+                    raise
+                raise lost from None
+            finally:
+                loop.writer.close()
+    finally:
+        shutdown(dist)
+    return summary
+
+
+def finish(loop: Loop, wall_time: float) -> dict:
+    """The test scores, the class maps and hyper-parameters in TensorBoard, summary.json."""
+    cfg, paths = loop.cfg, loop.paths
+    summary = final_summary(loop.model, loop.data, cfg, loop.state, paths, wall_time)
+    from nin_cli.cam import log_class_maps  # the paper's confidence maps of a few test images
+
+    log_class_maps(loop.writer, loop.model, loop.data, loop.state.step)
+    loop.writer.add_hparams(hparams(cfg), {"hparam/val_error": summary["best_val_error"] or float("nan"),
+                                           "hparam/test_error": summary["test_error"]},
+                            run_name=".", global_step=loop.state.step)
+    loop.writer.close()
+    write_json(paths.summary, summary)
     return summary
 
 

@@ -1,0 +1,247 @@
+"""Several processes, one run: `nin train trainer.devices=N` on PyTorch's own distributed engine.
+
+The parent process launches N copies of the same command through `torch.distributed.run` (elastic launch,
+standalone rendezvous) and waits; `torchrun --nnodes ... -m nin_cli train ...` starts the same workers across
+machines. In a worker, rank 0 runs the Hydra job (it alone picks and writes the run directory, takes its lock and
+logs) and sends every other rank the config and the directory. Each rank trains on its slice of every global
+batch (`data.train_batches`), `DistributedDataParallel` averages the gradients, metrics are summed across ranks,
+and a signal on any rank stops all of them at the same step (`agree_stop`). NCCL on CUDA, gloo on the CPU; the
+stop flag and Python objects always travel over gloo, so the per-step check never waits for a GPU.
+
+A worker's anticipated failure goes to torchelastic's error file (`report_failure`), from which the parent prints
+one line for the failing rank: no traceback and no duplicate lines from the other ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process stands in the run; `Dist()` is a single process and every helper below a no-op."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    group: Any = None  # gloo group for the stop flag and objects (None: the default group, already gloo)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def env_rank() -> int:
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+
+
+# --------------------------------------------------------------------------------------------------- parent
+
+
+def launch(devices: int, device: str, args: list[str]) -> int:
+    """`nin train ARGS` in `devices` local worker processes through torch.distributed.run; returns the exit code.
+
+    A failing worker's one line (from its error file) is printed here unless rank 0 printed its own; Ctrl-C and
+    SIGTERM reach the workers through the elastic agent (one signal each), which save once and exit 130 / 143."""
+    import sys
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    if device != "cuda" and "OMP_NUM_THREADS" not in os.environ:  # the cores shared out, not oversubscribed
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // devices))
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # failures: reported below
+    command = parse_args(["--standalone", f"--nproc-per-node={devices}", "--module", "nin_cli", "train", *args])
+    try:
+        run(command)
+    except ChildFailedError as err:
+        rank, failure = root_cause(err.failures)
+        message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
+        if rank != 0 or failure.exitcode == 1:  # rank 0 printed its own anticipated error
+            print(f"nin: error: rank {rank}: {message or f'exit code {failure.exitcode}'}", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    except SignalException as err:  # the workers have been stopped with the same signal and saved
+        return 128 + int(err.sigval)
+    return 0
+
+
+def root_cause(failures: dict) -> tuple[int, Any]:
+    """The failure to report: the earliest anticipated one (exit codes 2-5, 130, 143), else the earliest."""
+    ranked = sorted(failures.items(), key=lambda item: (item[1].exitcode in (1,) or item[1].exitcode < 0,
+                                                         item[1].timestamp, item[0]))
+    return ranked[0]
+
+
+def report_failure(message: str, exit_code: int) -> None:
+    """A worker's one-line failure into torchelastic's error file, where the parent (or torchrun) finds it."""
+    path = os.environ.get(ERROR_FILE_ENV)
+    if not path:
+        return
+    record = {"message": {"message": message, "extraInfo": {"py_callstack": "", "timestamp": str(int(time.time())),
+                                                            "exit_code": exit_code}}}
+    try:
+        with open(path, "w") as f:
+            json.dump(record, f)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------------- worker
+
+
+def init_distributed(device_name: str) -> tuple[Dist, str]:
+    """Join the process group torchrun set up; returns where this rank stands and its device name."""
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ["LOCAL_RANK"])
+    cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        device_name = f"cuda:{local_rank}"
+    elif device_name == "auto":
+        device_name = "cpu"
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    group = dist.new_group(backend="gloo") if cuda else None
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, group), device_name
+
+
+def train_worker(args_overrides: list[str]) -> dict | None:
+    """One rank of a distributed `nin train`: rank 0 runs the Hydra job and shares (config, run directory); every
+    rank then calls `fit` with it. Returns rank 0's summary (None elsewhere)."""
+    import dataclasses
+
+    from nin_cli.config import load_config
+    from nin_cli.errors import ConfigError
+    from nin_cli.hydra_app import hydra_run, write_run_files
+    from nin_cli.train import fit
+
+    def start(cfg) -> tuple[Any, Dist]:
+        dist, device = init_distributed(cfg.trainer.device)
+        if cfg.trainer.batch_size % dist.world_size:
+            raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is the global batch: it must divide "
+                              f"evenly over the {dist.world_size} processes")
+        return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, device=device)), dist
+
+    if env_rank() == 0:
+        def task(cfg, run_dir):
+            cfg, dist = start(cfg)
+            broadcast_object((cfg, run_dir), dist)
+            write_run_files(cfg, run_dir, cfg.trainer.device)
+            return fit(cfg, run_dir, dist)
+
+        return hydra_run(args_overrides, task)
+    for name in ("nin", "nin_cli"):  # rank 0 logs for the run
+        logging.getLogger(name).setLevel(logging.ERROR)
+    cfg, dist = start(load_config(args_overrides))
+    rank0_cfg, run_dir = broadcast_object(None, dist)
+    device = cfg.trainer.device  # each rank its own GPU
+    cfg = dataclasses.replace(rank0_cfg, trainer=dataclasses.replace(rank0_cfg.trainer, device=device,
+                                                                       progress="none"))
+    fit(cfg, run_dir, dist)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- collectives
+
+
+def broadcast_object(obj: Any, dist: Dist) -> Any:
+    """Rank 0's `obj` on every rank (pickled among the run's own processes, over gloo)."""
+    if not dist.enabled:
+        return obj
+    import torch.distributed as tdist
+
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0, group=dist.group)
+    return box[0]
+
+
+def gather_objects(obj: Any, dist: Dist) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not dist.enabled:
+        return [obj]
+    import torch.distributed as tdist
+
+    out: list[Any] = [None] * dist.world_size
+    tdist.all_gather_object(out, obj, group=dist.group)
+    return out
+
+
+def all_sum(tensor, dist: Dist):
+    """The sum over ranks of `tensor` (a new tensor; the input is left alone)."""
+    if not dist.enabled:
+        return tensor
+    import torch.distributed as tdist
+
+    total = tensor.clone()
+    tdist.all_reduce(total)
+    return total
+
+
+def agree_stop(signum: int | None, dist: Dist) -> int | None:
+    """The signal any rank has received (the largest number if several), on every rank: all stop at one step."""
+    if not dist.enabled:
+        return signum
+    import torch
+    import torch.distributed as tdist
+
+    flag = torch.tensor([signum or 0])
+    tdist.all_reduce(flag, op=tdist.ReduceOp.MAX, group=dist.group)
+    return int(flag.item()) or None
+
+
+def barrier(dist: Dist) -> None:
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        tdist.barrier(group=dist.group)
+
+
+def wrap_model(model, device, dist: Dist):
+    """DistributedDataParallel around the model (SyncBatchNorm first where it has batch norm, on GPUs: PyTorch's
+    SyncBatchNorm has no CPU kernel, so on the CPU each rank normalises over its own slice of the batch)."""
+    if not dist.enabled:
+        return model
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type != "cpu":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def peer_failure(err: BaseException, dist: Dist) -> BaseException:
+    """A collective that failed because another process died becomes PeerFailed (the parent reports the process
+    that died); any other error is left as it is."""
+    import torch.distributed as tdist
+
+    from nin_cli.errors import PeerFailed
+
+    lost = isinstance(err, tdist.DistError) or any(word in str(err) for word in ("gloo", "NCCL", "Connection"))
+    if dist.enabled and isinstance(err, RuntimeError) and lost:
+        return PeerFailed(f"rank {dist.rank} lost contact with the other processes: {' '.join(str(err).split())[:160]}")
+    return err
+
+
+def shutdown(dist: Dist) -> None:
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        if tdist.is_initialized():
+            tdist.destroy_process_group()

@@ -127,6 +127,14 @@ def test_submitit_local_runs_a_two_job_sweep(nin, tmp_path):
     assert {r["overrides"] for r in assert_rows_match_runs(sweep, 2)} == {"head=gap", "head=fc"}
 
 
+def test_a_sweep_job_of_two_processes(nin, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = nin("sweep", *TINY, "head=gap,fc", "trainer.devices=2", f"hydra.sweep.dir={sweep}")
+    assert result.code == 0, result.err
+    assert {r["overrides"] for r in assert_rows_match_runs(sweep, 2)} == {"head=gap", "head=fc"}
+    assert len(list((sweep / "0" / "tb").glob("events.*"))) == 2  # rank 0's run and hparams files only
+
+
 @pytest.mark.parametrize("name, jobs", [("dropout", 4), ("widths", 3), ("micro_depth", 4), ("heads", 3)])
 def test_ready_sweeps_compose_and_validate(nin, name, jobs):
     result = nin("sweep", f"+sweep={name}", "--dry-run")

@@ -331,7 +331,7 @@ def group_options(group: str) -> list[str]:
     )
 
 
-def _hydra_error(err: Exception) -> ConfigError:
+def hydra_error(err: Exception) -> ConfigError:
     """Turn Hydra's multi-line composition errors into one line naming the key, value and what is allowed."""
     import yaml
 
@@ -475,7 +475,7 @@ def compose(overrides: list[str], run_mode: str = "run", with_hydra: bool = Fals
             return hydra_compose(config_name="config", overrides=schema_overrides(overrides),
                                  return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError) as err:
-        raise _hydra_error(err) from None
+        raise hydra_error(err) from None
 
 
 def load_config(overrides: list[str]) -> NinConfig:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -58,18 +59,21 @@ def launch(devices: int, device: str, args: list[str]) -> int:
 
     A failing worker's one line (from its error file) is printed here unless rank 0 printed its own; Ctrl-C and
     SIGTERM reach the workers through the elastic agent (one signal each), which save once and exit 130 / 143."""
+    import signal
     import sys
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    if device != "cuda" and "OMP_NUM_THREADS" not in os.environ:  # the cores shared out, not oversubscribed
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // devices))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # failures: reported below
     command = parse_args(["--standalone", f"--nproc-per-node={devices}", "--module", "nin_cli", "train", *args])
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if device != "cuda" and threads is None:  # the cores shared out, not oversubscribed
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // devices))
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
     try:
-        run(command)
+        run(command)  # the elastic agent installs its own signal handlers: they forward the signal to the workers
     except ChildFailedError as err:
         rank, failure = root_cause(err.failures)
         message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
@@ -78,6 +82,12 @@ def launch(devices: int, device: str, args: list[str]) -> int:
         return failure.exitcode if failure.exitcode > 0 else 1
     except SignalException as err:  # the workers have been stopped with the same signal and saved
         return 128 + int(err.sigval)
+    finally:  # this process may go on (a sweep's next job)
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
     return 0
 
 

@@ -40,6 +40,9 @@ class Interrupted(NinError):
         super().__init__(message)
         self.exit_code = exit_code
 
+    def __reduce__(self):  # crosses process boundaries (sweep launchers): keep the exit code
+        return type(self), (str(self), self.exit_code)
+
 
 class PeerFailed(NinError):
     """Another process of a `trainer.devices=N` run died; the parent reports that process's own error."""

@@ -43,7 +43,7 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
     from omegaconf import DictConfig
     from omegaconf.errors import OmegaConfBaseException
 
-    from nin_cli.config import _hydra_error
+    from nin_cli.config import hydra_error
 
     def task_function(cfg: DictConfig) -> Any:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -62,7 +62,7 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
             cfg = hydra.compose_config(config_name="config", overrides=schema_overrides(overrides),
                                        run_mode=RunMode.RUN, from_shell=True, with_log_configuration=True)
         except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError) as err:
-            raise _hydra_error(err) from None
+            raise hydra_error(err) from None
         cfg.hydra.mode = RunMode.RUN
         callbacks = Callbacks(cfg)
         callbacks.on_run_start(config=cfg, config_name="config")

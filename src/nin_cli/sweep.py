@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nin_cli.config import NinConfig, _hydra_error, check_overrides, config_dir, schema_overrides, to_config, to_dict
+from nin_cli.config import NinConfig, check_overrides, config_dir, hydra_error, schema_overrides, to_config, to_dict
 from nin_cli.errors import ConfigError, DataError, DivergedError, Interrupted, NinError, UnsafeFileError
 
 log = logging.getLogger("nin")
@@ -80,7 +80,7 @@ def _compose(hydra: Any, overrides: list[str], multirun: bool = False) -> Any:
         return hydra.compose_config(config_name="config", overrides=list(overrides),
                                     run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise _hydra_error(err) from None
+        raise hydra_error(err) from None
 
 
 def _check_plugins(overrides: list[str], loader: Any) -> None:
@@ -119,7 +119,7 @@ def _job_overrides(hydra: Any, cfg: Any) -> list[list[str]]:
     try:
         parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(lines)
     except HydraException as err:
-        raise _hydra_error(err) from None
+        raise hydra_error(err) from None
     if cfg.hydra.runtime.choices["hydra/sweeper"] == "basic":
         for override in parsed:
             if override.is_sweep_override() and not override.is_discrete_sweep():
@@ -264,11 +264,30 @@ def _train_job(dcfg: Any, run_dir: Path) -> dict:
     if previous is not None:
         log.info("%s: finished already (summary.json), skipped", run_dir)
         return previous
+    if cfg.trainer.devices > 1:
+        return _train_job_distributed(cfg, run_dir)
     from nin_cli.hydra_app import write_run_files
     from nin_cli.train import fit, resolve_device
 
     write_run_files(cfg, run_dir, str(resolve_device(cfg.trainer.device)))
     return fit(cfg, run_dir)
+
+
+def _train_job_distributed(cfg: NinConfig, run_dir: Path) -> dict:
+    """A job of N processes (a SLURM job with hydra.launcher.gpus_per_node=N and trainer.devices=N): `nin train`'s
+    own launch into the job's directory; their outcome comes back as the exit code and summary.json."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from nin_cli.distributed import launch
+
+    code = launch(cfg.trainer.devices, cfg.trainer.device, [*HydraConfig.get().overrides.task,
+                                                            f"hydra.run.dir={run_dir}"])
+    if code in (130, 143):
+        raise Interrupted(f"stopped by a signal; saved {run_dir / 'checkpoints' / 'last.pt'}", code)
+    if code:
+        raise ERRORS.get(code, NinError)(f"its {cfg.trainer.devices} processes exited with code {code}; see "
+                                         f"{run_dir / 'train.log'}")
+    return _read_json(run_dir / "summary.json")
 
 
 def _finished_run(cfg: NinConfig, run_dir: Path) -> dict | None:

@@ -112,3 +112,27 @@ def test_root_cause_prefers_an_anticipated_failure_over_the_crashes_it_caused():
     crash, diverged, killed = Failure(1, 100), Failure(5, 101), Failure(-15, 99)
     assert root_cause({0: crash, 1: diverged, 2: killed}) == (1, diverged)
     assert root_cause({0: crash, 1: Failure(1, 90)})[0] == 1
+
+
+def test_sigterm_to_the_launcher_reaches_every_worker_once(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "nin_cli", "train", *EXACT, "trainer.epochs=1000",
+                             "trainer.devices=2", f"hydra.run.dir={run}"], cwd=tmp_path, env=os.environ.copy(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:  # training is under way
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    errors = [line for line in err.splitlines() if line.startswith("nin: ")]
+    assert len(errors) == 1 and errors[0].startswith("nin: error: SIGTERM: stopped at epoch"), err
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["state"]
+    assert 0 < state["epoch"] < 1000 and not (run / "summary.json").exists()
+    assert len(metric_rows(run)) == state["epoch"]  # one row per finished epoch, written once

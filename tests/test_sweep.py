@@ -66,6 +66,7 @@ def test_grid_summary_hparams_and_rerun(nin, tmp_path):
         hparams = session_hparams(sweep / row["job"] / "tb")
         dropout, head = (kv.split("=")[1] for kv in row["overrides"].split())
         assert hparams["model.dropout"] == float(dropout) and hparams["head.type"] == head
+        assert hparams["dataset.image_shape"] == "[3, 8, 8]"  # list-valued keys too, as text
 
     # Re-run into the same directory: finished jobs are skipped, an unfinished one (no summary.json) resumes.
     finished = {p: p.stat().st_mtime_ns for p in sweep.glob("[012]/summary.json")}

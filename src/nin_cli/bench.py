@@ -15,7 +15,6 @@ to inf/NaN or denormals mid-measurement.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import statistics
@@ -31,6 +30,7 @@ from torch import nn
 from nin_cli.config import NinConfig
 from nin_cli.data import Data, Split
 from nin_cli.errors import ConfigError
+from nin_cli.train import tune_malloc
 
 # Environment variables that change CPU speed; the report records them.
 TUNING_ENV = ("OMP_", "GOMP_", "KMP_", "MKL_", "DNNL_", "ONEDNN_", "GLIBC_TUNABLES", "LD_PRELOAD", "TORCHINDUCTOR_")
@@ -49,20 +49,6 @@ class BenchOptions:
 
 
 # ------------------------------------------------------------------------------------------------ the machine
-
-
-def tune_malloc() -> bool:
-    """Make glibc keep freed memory in its heap. By default every tensor over 32 MB is a fresh mmap, page-faulted
-    and zeroed by the kernel on each step (the paper NIN's 32×32 activations are 50-100 MB at batch 128):
-    ~15 % of a CPU training step. Process-wide, like `GLIBC_TUNABLES=glibc.malloc.mmap_max=0`; False off glibc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def synchronize(device: torch.device) -> None:

@@ -10,9 +10,11 @@ synchronisation per step on a GPU (non-finite losses are then caught at the inte
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
+import platform
 import random
 import signal
 import threading
@@ -95,6 +97,21 @@ def resolve_device(name: str) -> torch.device:
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def tune_malloc() -> bool:
+    """Make glibc keep freed memory in its heap. By default every tensor over 32 MB is a fresh mmap, page-faulted
+    and zeroed by the kernel on each step (the paper NIN's 32×32 activations are 50-100 MB at batch 128):
+    ~15 % of a CPU training step (BENCHMARKS.md). Process-wide, like `GLIBC_TUNABLES=glibc.malloc.mmap_max=0`;
+    `nin train` and `nin bench` do it on the CPU. False off glibc."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -581,6 +598,8 @@ def setup(cfg: NinConfig, paths: RunPaths, stop: StopRequest, dist: Dist) -> Loo
     device = resolve_device(tr.device)
     if tr.num_threads:
         torch.set_num_threads(tr.num_threads)
+    if device.type == "cpu":
+        tune_malloc()
     seed_everything(tr.seed, tr.deterministic)
     data = load_data(cfg.dataset, device)  # before anything is written to checkpoints/
     model = build_model(cfg.model, cfg.head, data.image_shape, data.num_classes).to(device)
@@ -704,4 +723,6 @@ def hparams(cfg: NinConfig) -> dict:
         for key, value in to_dict(cfg)[group].items():
             if isinstance(value, bool | int | float | str):
                 flat[f"{group}.{key}"] = value
+            elif isinstance(value, list) and all(isinstance(v, bool | int | float | str | None) for v in value):
+                flat[f"{group}.{key}"] = str(value)  # e.g. model.widths: the widths sweep's column
     return flat

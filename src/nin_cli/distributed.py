@@ -93,9 +93,11 @@ def launch(devices: int, device: str, args: list[str]) -> int:
 
 def root_cause(failures: dict) -> tuple[int, Any]:
     """The failure to report: the earliest anticipated one (exit codes 2-5, 130, 143), else the earliest."""
-    ranked = sorted(failures.items(), key=lambda item: (item[1].exitcode in (1,) or item[1].exitcode < 0,
-                                                         item[1].timestamp, item[0]))
-    return ranked[0]
+    def order(item: tuple[int, Any]) -> tuple:
+        rank, failure = item
+        return failure.exitcode not in (2, 3, 4, 5, 130, 143), failure.timestamp, rank
+
+    return min(failures.items(), key=order)
 
 
 def report_failure(message: str, exit_code: int) -> None:

@@ -76,7 +76,8 @@ def markdown(curves: dict[str, list[dict]]) -> str:
         lines += [f"**{name}**", "", "| epoch | minutes | test accuracy | val error | train loss |",
                   "|---:|---:|---:|---:|---:|"]
         for r in rows:
-            epoch = f"{r['epoch']}" + (f" + {r['epoch_step']} steps (budget)" if r.get("epoch_step") else "")
+            end = "budget" if r.get("deadline") else "stopped"  # SIGTERM at the budget, or by hand
+            epoch = f"{r['epoch']}" + (f" + {r['epoch_step']} steps ({end})" if r.get("epoch_step") else "")
             val = "—" if r.get("val_error") is None else f"{r['val_error']:.2f} %"
             loss = "—" if r.get("train_loss") is None else f"{r['train_loss']:.4f}"
             lines.append(f"| {epoch} | {r['minutes']:.1f} | {r['test_accuracy']:.2f} % | {val} | {loss} |")

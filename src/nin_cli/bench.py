@@ -232,7 +232,10 @@ def conventional_loaders(cfg: NinConfig, workers: int, n_train: int, n_eval: int
     augment = [T.RandomCrop(shape[1:], padding=cfg.dataset.translate)] if cfg.dataset.translate else []
     augment += [T.RandomHorizontalFlip()] if cfg.dataset.flip else []
     tail = [T.ToTensor(), T.Normalize([0.5] * shape[0], [0.25] * shape[0])]
-    common = {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": device.type == "cuda"}
+    # Workers from a fork server, not forked from this process: forked children share its heap copy-on-write, and
+    # every later write to those pages by the nin step page-faults (thousands per step, measured).
+    common = {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": device.type == "cuda",
+              "multiprocessing_context": "forkserver" if workers > 0 else None}
     train = torch.utils.data.DataLoader(PilImages(images[:n_train], labels[:n_train], T.Compose(augment + tail)),
                                         batch_size=cfg.trainer.batch_size, shuffle=True, drop_last=True, **common)
     test = torch.utils.data.DataLoader(PilImages(images[n_train:], labels[n_train:], T.Compose(tail)),

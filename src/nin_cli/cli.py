@@ -239,12 +239,14 @@ def _crash_log() -> Path:
 def main() -> None:
     from typer.exceptions import Abort, TyperException
 
-    from nin_cli.distributed import env_rank, report_failure
+    from nin_cli.distributed import PEER_GRACE_S, env_rank, report_failure
     from nin_cli.errors import PeerFailed
 
     try:
         code = app(args=sys.argv[1:] or ["--help"], prog_name="nin", standalone_mode=False)
     except NinError as err:
+        if isinstance(err, PeerFailed):  # give the agent time to see the process that failed first, and stop us
+            time.sleep(PEER_GRACE_S)
         report_failure(str(err), err.exit_code)  # a worker of `trainer.devices=N`: for the parent to report
         if env_rank() == 0 and not isinstance(err, PeerFailed):  # one line per run, not one per process
             print(f"nin: error: {err}", file=sys.stderr)

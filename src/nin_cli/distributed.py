@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+# A rank whose peer died waits this long before exiting: the elastic agent then records the peer's own failure
+# first (and stops this rank), so the parent reports the cause rather than its echo.
+PEER_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)

@@ -241,17 +241,12 @@ def wrap_model(model, device, dist: Dist):
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def peer_failure(err: BaseException, dist: Dist) -> BaseException:
-    """A collective that failed because another process died becomes PeerFailed (the parent reports the process
-    that died); any other error is left as it is."""
+def lost_peer(err: BaseException, dist: Dist) -> bool:
+    """Whether a failed collective means another process died (the parent reports that process's own error)."""
     import torch.distributed as tdist
 
-    from nin_cli.errors import PeerFailed
-
-    lost = isinstance(err, tdist.DistError) or any(word in str(err) for word in ("gloo", "NCCL", "Connection"))
-    if dist.enabled and isinstance(err, RuntimeError) and lost:
-        return PeerFailed(f"rank {dist.rank} lost contact with the other processes: {' '.join(str(err).split())[:160]}")
-    return err
+    words = ("gloo", "NCCL", "Connection")
+    return dist.enabled and (isinstance(err, tdist.DistError) or any(word in str(err) for word in words))
 
 
 def shutdown(dist: Dist) -> None:

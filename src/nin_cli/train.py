@@ -40,11 +40,11 @@ from nin_cli.distributed import (
     barrier,
     broadcast_object,
     gather_objects,
-    peer_failure,
+    lost_peer,
     shutdown,
     wrap_model,
 )
-from nin_cli.errors import ConfigError, DataError, DivergedError, Interrupted, InterruptedNow
+from nin_cli.errors import ConfigError, DataError, DivergedError, Interrupted, InterruptedNow, PeerFailed
 from nin_cli.evaluate import evaluate
 from nin_cli.faults import inject
 from nin_cli.model import NIN, build_model
@@ -648,10 +648,10 @@ def fit(cfg: NinConfig, run_dir: Path, dist: Dist | None = None) -> dict | None:
                     summary = finish(loop, time.perf_counter() - start)
                 barrier(dist)
             except RuntimeError as err:  # another process died: its own error is the one to report
-                lost = peer_failure(err, dist)
-                if lost is err:
+                if not lost_peer(err, dist):
                     raise
-                raise lost from None
+                raise PeerFailed(f"rank {dist.rank} lost contact with the other processes: "
+                                 f"{' '.join(str(err).split())[:160]}") from None
             finally:
                 loop.writer.close()
     finally:

@@ -20,7 +20,8 @@ TINY = ["dataset=synthetic", "model=nin_small", "dataset.image_shape=[3,8,8]", "
 RATES = ("train_images_per_s", "eval_images_per_s", "bare_train_images_per_s", "bare_eval_images_per_s",
          "conventional_train_images_per_s", "conventional_eval_images_per_s", "train_gflops", "eval_gflops",
          "peak_fp32_gflops", "bare_loop_ratio", "bare_loop_eval_ratio", "conventional_ratio",
-         "conventional_eval_ratio", "peak_share", "eval_peak_share", "peak_fp32_conv_gflops", "peak_share_strict")
+         "conventional_eval_ratio", "peak_share", "eval_peak_share", "peak_fp32_conv_gflops", "peak_share_strict",
+         "bare_peak_share", "conventional_peak_share")
 
 
 def test_bench_json_reports_every_field(nin):
@@ -31,6 +32,9 @@ def test_bench_json_reports_every_field(nin):
         assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (key, r[key])
     assert 0 < r["peak_share_strict"] <= r["peak_share"] < 1 and 0 < r["eval_peak_share"] < 1
     assert r["train_gflops"] == pytest.approx(r["train_images_per_s"] * r["flops_train_per_image"] / 1e9)
+    (row,) = r["rounds"]  # each share divides by the better peak measured just before or after its pipeline
+    assert r["peak_share"] == pytest.approx(r["train_gflops"] / row["nin_train_peak"])
+    assert row["nin_train_peak"] <= r["peak_fp32_gflops"] and row["bare_train_peak"] <= r["peak_fp32_gflops"]
     assert 2 * r["flops_forward_per_image"] < r["flops_train_per_image"] <= 3 * r["flops_forward_per_image"]
     assert r["peak_bf16_gflops"] is None or r["peak_bf16_gflops"] > 0
     assert (r["batch_size"], r["image_shape"], r["threads"], r["device"]) == (8, [3, 8, 8], 1, "cpu")

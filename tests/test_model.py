@@ -90,3 +90,20 @@ def test_overfits_one_batch():
         optimizer.step()
     net.eval()
     assert (net(x).argmax(1) == y).float().mean().item() >= 0.99
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_cpu_dropout_matches_nn_dropout_in_law(p):
+    from nin_cli.model import Dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(64, 32, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = Dropout(p)(x)
+    kept = out != 0
+    assert out.unique().tolist() == [0.0, pytest.approx(1 / (1 - p))]
+    assert kept.float().mean().item() == pytest.approx(1 - p, abs=0.005)  # 524k draws: 5 sigma is ~0.0035
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())  # gradient: the same scaled mask
+    assert torch.equal(Dropout(p).eval()(x), x)
+    assert not Dropout(1.0)(x).any() and torch.equal(Dropout(0.0)(x), x)

@@ -8,7 +8,8 @@ what public NIN ports do. FLOPs come from `torch.utils.flop_counter`; the peak i
 `torch.mm`s and of a few 3×3 channels_last convs (oneDNN's implicit GEMM), whichever is faster, on the same device.
 
 Measurements are interleaved in rounds (the order rotates each round), so a shared or throttling machine slows
-every pipeline alike; throughputs are medians over rounds, ratios medians of per-round ratios. The learning rate
+every pipeline alike; throughputs are medians over rounds, ratios medians of per-round ratios, and a pipeline's
+share of the peak divides by the peak measured just before and after it. The learning rate
 is 0 in every pipeline: the same kernels run, but weights stay at their init, so random data can never drive them
 to inf/NaN or denormals mid-measurement.
 """
@@ -377,23 +378,28 @@ def measures(p: Pipelines) -> dict[str, Callable[[], float]]:
 
 
 def run_rounds(p: Pipelines, rounds: int, peak_size: int) -> list[dict[str, float]]:
-    """One warm-up of everything (compilation, oneDNN primitives, workers), then `rounds` rounds; each starts
-    with a matmul peak and rotates the order of the pipelines."""
+    """One warm-up of everything (compilation, oneDNN primitives, workers), then `rounds` rounds that rotate the
+    order of the pipelines. A matmul peak is measured before and after every pipeline, and each pipeline's share of
+    the peak uses the better of the two around it: this host's speed drifts by tens of % within minutes."""
     timed = measures(p)
     for fn in timed.values():
         fn()
     rows = []
     for r in range(rounds):
-        peaks = matmul_peaks(p.device, torch.float32, peak_size, clock=p.clock)
-        row = {"peak_fp32_gflops": peaks["mm"], "peak_fp32_conv_gflops": peaks["conv"]}
-        names = list(timed)[r % len(timed):] + list(timed)[:r % len(timed)]
-        for name in names:
+        peaks = [matmul_peaks(p.device, torch.float32, peak_size, clock=p.clock)]
+        row: dict[str, float] = {}
+        for name in list(timed)[r % len(timed):] + list(timed)[:r % len(timed)]:
             before = os_usage()
             row[name] = timed[name]()
             if name == "nin_train":  # counts, not times: a busy machine does not blur them
                 faults, system, user = (b - a for a, b in zip(before, os_usage(), strict=True))
                 row["page_faults_per_step"] = faults / p.cfg.trainer.max_steps_per_epoch
                 row["system_time_share"] = system / max(system + user, 1e-9)
+            peaks.append(matmul_peaks(p.device, torch.float32, peak_size, clock=p.clock))
+            row[f"{name}_peak"] = max(peaks[-2]["mm"], peaks[-1]["mm"])
+            row[f"{name}_peak_conv"] = max(peaks[-2]["conv"], peaks[-1]["conv"])
+        row["peak_fp32_gflops"] = max(q["mm"] for q in peaks)
+        row["peak_fp32_conv_gflops"] = max(q["conv"] for q in peaks)
         rows.append(row)
     return rows
 
@@ -421,10 +427,7 @@ def _ratio(rows: list[dict], a: str, b: str) -> float | None:
 
 def summarize(rows: list[dict], flops: tuple[int, int], peak_bf16: float | None, cfg: NinConfig) -> dict:
     forward, step = flops
-    peak_fp32 = max(r["peak_fp32_gflops"] for r in rows)
     low = cfg.trainer.precision != "fp32" and peak_bf16 is not None  # fp16 and bf16 peaks match on tensor cores
-    peak = peak_bf16 if low else peak_fp32
-    best_conv = max(r["peak_fp32_conv_gflops"] for r in rows)
     out = {name: _median(rows, key) for name, key in (
         ("train_images_per_s", "nin_train"), ("eval_images_per_s", "nin_eval"),
         ("bare_train_images_per_s", "bare_train"), ("bare_eval_images_per_s", "bare_eval"),
@@ -432,16 +435,24 @@ def summarize(rows: list[dict], flops: tuple[int, int], peak_bf16: float | None,
         ("conventional_eval_images_per_s", "conventional_eval"))}
     gflops = {f"{name.removesuffix('_images_per_s')}_gflops": None if v is None else
               v * (step if "train" in name else forward) / 1e9 for name, v in out.items()}
+
+    def share(key: str, strict: bool = False) -> float | None:
+        """Median over rounds of the pipeline's GFLOP/s over the peak measured around it."""
+        work = step if "train" in key else forward
+        return None if key not in rows[0] else statistics.median(r[key] * work / 1e9 / (peak_bf16 if low else max(
+            r[f"{key}_peak"], r[f"{key}_peak_conv"] if strict else 0)) for r in rows)
+
     return out | gflops | {
         "bare_loop_ratio": _ratio(rows, "nin_train", "bare_train"),
         "bare_loop_eval_ratio": _ratio(rows, "nin_eval", "bare_eval"),
         "conventional_ratio": _ratio(rows, "nin_train", "conventional_train"),
         "conventional_eval_ratio": _ratio(rows, "nin_eval", "conventional_eval"),
-        "peak_share": gflops["train_gflops"] / peak, "eval_peak_share": gflops["eval_gflops"] / peak,
-        "bare_peak_share": gflops["bare_train_gflops"] / peak,
-        "peak_fp32_gflops": peak_fp32, "peak_bf16_gflops": peak_bf16, "peak_dtype": "bf16" if low else "fp32",
-        "peak_fp32_conv_gflops": best_conv,
-        "peak_share_strict": gflops["train_gflops"] / (peak if low else max(peak_fp32, best_conv)),
+        "peak_share": share("nin_train"), "eval_peak_share": share("nin_eval"),
+        "bare_peak_share": share("bare_train"), "conventional_peak_share": share("conventional_train"),
+        "peak_share_strict": share("nin_train", strict=True),
+        "peak_fp32_gflops": max(r["peak_fp32_gflops"] for r in rows), "peak_bf16_gflops": peak_bf16,
+        "peak_dtype": "bf16" if low else "fp32",
+        "peak_fp32_conv_gflops": max(r["peak_fp32_conv_gflops"] for r in rows),
         "flops_forward_per_image": forward, "flops_train_per_image": step, "rounds": rows,
         "page_faults_per_step": _median(rows, "page_faults_per_step"),
         "system_time_share": _median(rows, "system_time_share"),
@@ -515,12 +526,10 @@ def print_report(result: dict) -> None:
     table = Table(title=title)
     for column in ("pipeline", "train img/s", "eval img/s", "train GFLOP/s", "share of peak"):
         table.add_column(column, justify="left" if column == "pipeline" else "right")
-    peak = r["peak_bf16_gflops"] if r["peak_dtype"] == "bf16" else r["peak_fp32_gflops"]
     for label, key in (("nin (train_one_epoch, evaluate)", ""), ("bare PyTorch loop", "bare_"),
                        ("DataLoader + PIL transforms, NCHW", "conventional_")):
-        gflops = r[f"{key}train_gflops"]
         table.add_row(label, num(r[f"{key}train_images_per_s"], ",.0f"), num(r[f"{key}eval_images_per_s"], ",.0f"),
-                      num(gflops, ",.1f"), "—" if gflops is None else f"{gflops / peak:.1%}")
+                      num(r[f"{key}train_gflops"], ",.1f"), num(r[f"{key}peak_share"], ".1%"))
     console = Console()
     console.print(table)
     console.print(f"matmul peak: fp32 {r['peak_fp32_gflops']:,.1f} GFLOP/s (oneDNN 3×3 conv: "

@@ -69,6 +69,18 @@ class LocallyConnected2d(nn.Module):
                 f"stride={self.stride}, padding={self.padding}")
 
 
+class Dropout(nn.Dropout):
+    """`nn.Dropout` whose mask, on the CPU, comes from `torch.rand`: PyTorch's CPU `bernoulli_` takes MKL's vectorised
+    path only on Intel CPUs and elsewhere draws a double per element on one thread, 3× slower (3 % of a paper NIN
+    step on this AMD CPU, BENCHMARKS.md). Accelerators keep the fused native kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.device.type != "cpu" or not 0 < self.p < 1:
+            return super().forward(x)
+        scaled_keep = torch.rand_like(x, dtype=torch.float32).ge_(self.p).mul_(1 / (1 - self.p))
+        return x * scaled_keep.to(x.dtype)
+
+
 class MLPConv(nn.Module):
     """k×k conv (or locally connected layer) → `len(widths) - 1` 1×1 convs, each followed by (batch norm and)
     ReLU → pool → dropout. `in_size` (H, W) is needed only by a locally connected layer."""
@@ -101,7 +113,7 @@ class MLPConv(nn.Module):
         elif block.pool == "avg":
             layers.append(nn.AvgPool2d(block.pool_kernel, block.pool_stride, ceil_mode=True))
         if block.dropout and dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
         self.body = nn.Sequential(*layers)
         self.out_channels = channels
 
@@ -143,11 +155,11 @@ class NIN(nn.Module):
             layers: list[nn.Module] = [nn.Flatten()]
             for width in head.hidden:
                 if head.type == "fc_dropout":
-                    layers.append(nn.Dropout(head.dropout))
+                    layers.append(Dropout(head.dropout))
                 layers += [nn.Linear(flat, width), nn.ReLU(inplace=True)]
                 flat = width
             if head.type == "fc_dropout":
-                layers.append(nn.Dropout(head.dropout))
+                layers.append(Dropout(head.dropout))
             layers.append(nn.Linear(flat, num_classes))
             self.classifier = nn.Sequential(*layers)
         self.features.train()

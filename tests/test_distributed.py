@@ -9,7 +9,7 @@ import torch
 
 from conftest import FAST, run_subprocess
 from nin_cli.checkpoint import load_checkpoint
-from nin_cli.distributed import Dist, root_cause, wrap_model
+from nin_cli.distributed import ERROR_FILE_ENV, Dist, printed_its_error, report_failure, root_cause, wrap_model
 from nin_cli.model import NIN
 
 # No batch norm (PyTorch's SyncBatchNorm has no CPU kernel: on the CPU each rank would normalise over its half of
@@ -112,6 +112,19 @@ def test_root_cause_prefers_an_anticipated_failure_over_the_crashes_it_caused():
     crash, diverged, killed = Failure(1, 100), Failure(5, 101), Failure(-15, 99)
     assert root_cause({0: crash, 1: diverged, 2: killed}) == (1, diverged)
     assert root_cause({0: crash, 1: Failure(1, 90)})[0] == 1
+
+
+@pytest.mark.parametrize("printed", [True, False])
+def test_the_launcher_learns_whether_a_worker_printed_its_error(tmp_path, monkeypatch, printed):
+    """Every rank of an agreed stop fails alike; the parent must not repeat the line rank 0 printed, whichever
+    rank it picks as the root cause (their error-file timestamps tie to the second)."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    monkeypatch.setenv(ERROR_FILE_ENV, str(tmp_path / "error.json"))
+    report_failure("SIGTERM: stopped at epoch 2, step 7", 143, printed)
+    failure = ProcessFailure(local_rank=0, pid=1, exitcode=143, error_file=str(tmp_path / "error.json"))
+    assert failure.message["message"] == "SIGTERM: stopped at epoch 2, step 7"
+    assert printed_its_error(failure) is printed
 
 
 def test_sigterm_to_the_launcher_reaches_every_worker_once(tmp_path):

@@ -247,8 +247,9 @@ def main() -> None:
     except NinError as err:
         if isinstance(err, PeerFailed):  # give the agent time to see the process that failed first, and stop us
             time.sleep(PEER_GRACE_S)
-        report_failure(str(err), err.exit_code)  # a worker of `trainer.devices=N`: for the parent to report
-        if env_rank() == 0 and not isinstance(err, PeerFailed):  # one line per run, not one per process
+        printed = env_rank() == 0 and not isinstance(err, PeerFailed)  # one line per run, not one per process
+        report_failure(str(err), err.exit_code, printed)  # a worker of `trainer.devices=N`: for the parent
+        if printed:
             print(f"nin: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except Abort:

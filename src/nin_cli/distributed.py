@@ -60,7 +60,7 @@ def env_rank() -> int:
 def launch(devices: int, device: str, args: list[str]) -> int:
     """`nin train ARGS` in `devices` local worker processes through torch.distributed.run; returns the exit code.
 
-    A failing worker's one line (from its error file) is printed here unless rank 0 printed its own; Ctrl-C and
+    A failing worker's one line (from its error file) is printed here unless a worker printed its own; Ctrl-C and
     SIGTERM reach the workers through the elastic agent (one signal each), which save once and exit 130 / 143."""
     import signal
     import sys
@@ -80,7 +80,7 @@ def launch(devices: int, device: str, args: list[str]) -> int:
     except ChildFailedError as err:
         rank, failure = root_cause(err.failures)
         message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
-        if rank != 0 or failure.exitcode == 1:  # rank 0 printed its own anticipated error
+        if not any(printed_its_error(f) for f in err.failures.values()):  # rank 0 prints its anticipated errors
             print(f"nin: error: rank {rank}: {message or f'exit code {failure.exitcode}'}", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
     except SignalException as err:  # the workers have been stopped with the same signal and saved
@@ -103,13 +103,19 @@ def root_cause(failures: dict) -> tuple[int, Any]:
     return min(failures.items(), key=order)
 
 
-def report_failure(message: str, exit_code: int) -> None:
-    """A worker's one-line failure into torchelastic's error file, where the parent (or torchrun) finds it."""
+def printed_its_error(failure: Any) -> bool:
+    info = failure.message.get("extraInfo", {}) if isinstance(failure.message, dict) else {}
+    return bool(info.get("printed"))
+
+
+def report_failure(message: str, exit_code: int, printed: bool = False) -> None:
+    """A worker's one-line failure into torchelastic's error file, where the parent (or torchrun) finds it;
+    `printed`: the worker showed the line itself, so the parent must not repeat it."""
     path = os.environ.get(ERROR_FILE_ENV)
     if not path:
         return
     record = {"message": {"message": message, "extraInfo": {"py_callstack": "", "timestamp": str(int(time.time())),
-                                                            "exit_code": exit_code}}}
+                                                            "exit_code": exit_code, "printed": printed}}}
     try:
         with open(path, "w") as f:
             json.dump(record, f)

@@ -45,14 +45,27 @@ def predict_logits(model: nn.Module, split: Split, preprocessing: dict, batch_si
 def evaluate(model: nn.Module, split: Split, preprocessing: dict, batch_size: int = 500,
              channels_last: bool = False, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
     """{"loss", "accuracy", "error", "n"} of the model on the split (error in %, accuracy as a fraction)."""
+    return metrics_from_sums(evaluation_sums(model, split, preprocessing, batch_size, channels_last, autocast_dtype))
+
+
+def evaluation_sums(model: nn.Module, split: Split, preprocessing: dict, batch_size: int = 500,
+                    channels_last: bool = False, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(loss sum, correct, n) as float64 on the split's device: sums add up across shards of a split."""
+    labels = split.labels
     if len(split) == 0:
-        return {"loss": float("nan"), "accuracy": float("nan"), "error": float("nan"), "n": 0}
+        return torch.zeros(3, dtype=torch.float64, device=labels.device)
     logits = predict_logits(model, split, preprocessing, batch_size, channels_last, autocast_dtype)
-    loss = F.cross_entropy(logits, split.labels, reduction="sum")
-    correct = (logits.argmax(dim=1) == split.labels).sum()
-    n = len(split)
-    accuracy = correct.item() / n
-    return {"loss": loss.item() / n, "accuracy": accuracy, "error": 100.0 * (1.0 - accuracy), "n": n}
+    return torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
+                        (logits.argmax(dim=1) == labels).sum().double(),
+                        torch.tensor(len(split), dtype=torch.float64, device=labels.device)])
+
+
+def metrics_from_sums(sums: torch.Tensor) -> dict[str, float]:
+    loss, correct, n = sums.tolist()
+    if not n:
+        return {"loss": float("nan"), "accuracy": float("nan"), "error": float("nan"), "n": 0}
+    accuracy = round(correct) / n
+    return {"loss": loss / n, "accuracy": accuracy, "error": 100.0 * (1.0 - accuracy), "n": round(n)}
 
 
 # ----------------------------------------------------------------------------------------------- metrics

@@ -45,7 +45,7 @@ from nin_cli.distributed import (
     wrap_model,
 )
 from nin_cli.errors import ConfigError, DataError, DivergedError, Interrupted, InterruptedNow, PeerFailed
-from nin_cli.evaluate import evaluate
+from nin_cli.evaluate import evaluate, evaluation_sums, metrics_from_sums
 from nin_cli.faults import inject
 from nin_cli.model import NIN, build_model
 from nin_cli.runs import (
@@ -361,19 +361,11 @@ def evaluate_shards(loop: Loop, split: Split) -> dict[str, float]:
     """`evaluate` on the whole split; with several processes each scores every world_size-th image and the sums
     are added up."""
     tr, dist = loop.cfg.trainer, loop.dist
-    if not dist.enabled:
-        return evaluate(loop.model, split, loop.data.preprocessing, tr.eval_batch_size, tr.channels_last,
-                        autocast_dtype(tr.precision))
-    part = Split(split.images[dist.rank::dist.world_size], split.labels[dist.rank::dist.world_size])
-    mine = evaluate(loop.model, part, loop.data.preprocessing, tr.eval_batch_size, tr.channels_last,
-                    autocast_dtype(tr.precision))
-    n = mine["n"]
-    local = [mine["loss"] * n, mine["accuracy"] * n, n] if n else [0.0, 0.0, 0]
-    loss, correct, n = all_sum(torch.tensor(local, dtype=torch.float64, device=loop.nonfinite.device), dist).tolist()
-    if not n:
-        return {"loss": float("nan"), "accuracy": float("nan"), "error": float("nan"), "n": 0}
-    accuracy = round(correct) / n
-    return {"loss": loss / n, "accuracy": accuracy, "error": 100.0 * (1.0 - accuracy), "n": int(n)}
+    if dist.enabled:
+        split = Split(split.images[dist.rank::dist.world_size], split.labels[dist.rank::dist.world_size])
+    sums = evaluation_sums(loop.model, split, loop.data.preprocessing, tr.eval_batch_size, tr.channels_last,
+                           autocast_dtype(tr.precision))
+    return metrics_from_sums(all_sum(sums, dist))
 
 
 def end_epoch(loop: Loop, train: dict[str, float], epoch_start: float) -> None:

@@ -5,8 +5,8 @@
 
 `make` writes train_32x32.mat (73,257 images), extra_32x32.mat (531,131) and test_32x32.mat (26,032) with random
 pixels and labels 1..10, as compressed MATLAB v5 files like the official ones (X: 32×32×3×N uint8, y: N×1): ~1.9 GB,
-keep it out of the repository. `measure` points torchvision's expected MD5s at these files (the only change to the user's code
-path) and reports the process's peak resident set size (ru_maxrss) after `load_data`.
+keep it out of the repository. `measure` points torchvision's expected MD5s at these files (the only change to
+the user's code path) and reports the process's peak resident set size (ru_maxrss) after `load_data`.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ bench() {
   echo "+ nin bench $* --json > $OUT/$name.json"
   $NIN bench "$@" --json > "$OUT/$name.json"
 }
-bench paper_aug experiment=paper_cifar10_aug                                 # the headline: paper NIN, batch 128
+bench paper_aug experiment=paper_cifar10_aug --rounds 5                      # the headline: paper NIN, batch 128
 bench paper_aug_nchw experiment=paper_cifar10_aug trainer.channels_last=false
 bench paper_aug_default_malloc experiment=paper_cifar10_aug --no-tune-malloc
 bench paper_aug_1thread experiment=paper_cifar10_aug trainer.num_threads=1
@@ -56,6 +56,8 @@ for layout in true false; do  # which oneDNN implementation runs each conv (and 
       --no-conventional --json 2>&1 | grep 'primitive,exec' | cut -d, -f6-8 | sort | uniq -c \
       > "$FIG_DIR/onednn_channels_last_$layout.txt"
 done
+$PY scripts/dropout_cost.py | tee "$FIG_DIR/dropout_cost.md"  # bernoulli_ masks against torch.rand masks
+$PY scripts/memory_format_pair.py | tee "$FIG_DIR/memory_format_pair.md"  # CL vs NCHW, alternated in one process
 for threads in 1 2; do  # every conv alone, NCHW against channels_last; 3-channel conv1 against zero-padded inputs
   $PY scripts/conv_layers.py experiment=paper_cifar10_aug --threads "$threads" --clock wall --batch 128 \
       | tee "$FIG_DIR/conv_layers_${threads}thread.md"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Milliseconds of one dropout forward + backward on the paper NIN's two dropout inputs (batch 128, channels_last):
-`F.dropout` (its mask from `bernoulli_`) against `nin_cli.model.Dropout` (its mask from `torch.rand`).
+"""Milliseconds (fastest of 10) of one dropout forward + backward on the paper NIN's two dropout inputs (batch 128,
+channels_last): `F.dropout` (its mask from `bernoulli_`) against `nin_cli.model.Dropout` (its mask from `torch.rand`).
 
     .venv/bin/python scripts/dropout_cost.py [--threads N]
 """
@@ -13,15 +13,12 @@ import time
 import torch
 import torch.nn.functional as F
 
+from nin_cli.bench import fastest
 from nin_cli.model import Dropout
 
 
-def millis(fn, repeats: int = 10) -> float:
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats * 1e3
+def millis(fn) -> float:
+    return fastest(fn, torch.device("cpu"), repeats=10, clock=time.perf_counter) * 1e3
 
 
 def main() -> None:

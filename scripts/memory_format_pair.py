@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The paper NIN's nin training step in channels_last and in NCHW, both built in one process and timed in
-alternation (the order swapped every pair), each with the matmul peak measured after it: a drift-robust pairing
-for a host whose speed moves within minutes.
+alternation (the order swapped every pair), with a matmul peak measured after each pair: a pairing that survives
+a host whose speed drifts within minutes.
 
-    .venv/bin/python scripts/memory_format_pair.py [--pairs 8] [OVERRIDES...]
+    .venv/bin/python scripts/memory_format_pair.py [--pairs 8] [--steps 4] [OVERRIDES...]
 """
 
 from __future__ import annotations
@@ -25,19 +25,21 @@ def main() -> None:
     args = parser.parse_args()
     tune_malloc()
     cpu, opts = torch.device("cpu"), BenchOptions(conventional=False)
-    build = lambda extra: build_pipelines(bench_config(load_config([*args.overrides, *extra]), args.steps),  # noqa: E731
-                                          opts, cpu)
-    cl, nchw = build(["trainer.channels_last=true"]), build(["trainer.channels_last=false"])
-    images = args.steps * cl.cfg.trainer.batch_size
-    time_nin_train(cl), time_nin_train(nchw)  # warm-up
+
+    def pipelines(channels_last: bool):
+        cfg = load_config([*args.overrides, f"trainer.channels_last={str(channels_last).lower()}"])
+        return build_pipelines(bench_config(cfg, args.steps), opts, cpu)
+
+    formats = {"CL": pipelines(True), "NCHW": pipelines(False)}
+    images = args.steps * formats["CL"].cfg.trainer.batch_size
+    for p in formats.values():  # warm-up: oneDNN primitives, first-touch memory
+        time_nin_train(p)
     print("| pair | CL img/s | NCHW img/s | CL / NCHW | mm peak GFLOP/s |\n|---:|---:|---:|---:|---:|")
     for i in range(args.pairs):
-        order = (cl, nchw) if i % 2 == 0 else (nchw, cl)
-        speed = {id(p): images / time_nin_train(p) for p in order}
+        order = list(formats) if i % 2 == 0 else list(formats)[::-1]
+        speed = {name: images / time_nin_train(formats[name]) for name in order}
         peak = matmul_peaks(cpu, torch.float32, 2048)["mm"]
-        a, b = speed[id(cl)], speed[id(nchw)]
-        print(f"| {i + 1} | {a:.1f} | {b:.1f} | {a / b:.3f} | {peak:.0f} |")
-
+        print(f"| {i + 1} | {speed['CL']:.1f} | {speed['NCHW']:.1f} | {speed['CL'] / speed['NCHW']:.3f} | {peak:.0f} |")
 
 if __name__ == "__main__":
     main()

@@ -437,10 +437,13 @@ def summarize(rows: list[dict], flops: tuple[int, int], peak_bf16: float | None,
               v * (step if "train" in name else forward) / 1e9 for name, v in out.items()}
 
     def share(key: str, strict: bool = False) -> float | None:
-        """Median over rounds of the pipeline's GFLOP/s over the peak measured around it."""
+        """Median over rounds of the pipeline's GFLOP/s over the peak measured around it (`strict`: the faster of
+        the matmul and the 3×3 conv)."""
+        if key not in rows[0]:
+            return None
         work = step if "train" in key else forward
-        return None if key not in rows[0] else statistics.median(r[key] * work / 1e9 / (peak_bf16 if low else max(
-            r[f"{key}_peak"], r[f"{key}_peak_conv"] if strict else 0)) for r in rows)
+        peaks = [peak_bf16 if low else max(r[f"{key}_peak"], r[f"{key}_peak_conv"] if strict else 0.0) for r in rows]
+        return statistics.median(r[key] * work / 1e9 / peak for r, peak in zip(rows, peaks, strict=True))
 
     return out | gflops | {
         "bare_loop_ratio": _ratio(rows, "nin_train", "bare_train"),

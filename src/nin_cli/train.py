@@ -449,13 +449,34 @@ def checkpoint_payload(loop: Loop) -> dict:
     state, data = loop.state, loop.data
     rng = gather_objects(rng_states(), loop.dist)  # each process's own (dropout masks differ between ranks)
     loss, correct, seen = epoch_totals(loop)
+    # Each process's own sums too: resumed, each adds its remaining steps to its own, in the uninterrupted run's
+    # order (float32 sums added in another order differ in the last bit).
+    own_sums = gather_objects({"loss": loop.sums.loss.item(), "correct": loop.sums.correct.item(),
+                               "seen": loop.sums.seen}, loop.dist)
     return {"config": to_dict(loop.cfg), "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
             "scaler": loop.scaler.state_dict(), "state": asdict(state), "rng": rng[0],
-            **({"rng_ranks": rng} if loop.dist.enabled else {}),
+            **({"rng_ranks": rng, "epoch_sums_ranks": own_sums} if loop.dist.enabled else {}),
             "epoch_sums": {"loss": torch.tensor(loss, dtype=torch.float32), "correct": torch.tensor(correct),
                            "seen": seen},
             "data_order": {"seed": loop.cfg.trainer.seed, "epoch": state.epoch, "step": state.epoch_step},
             "data": {"classes": data.classes, "image_shape": data.image_shape, "preprocessing": data.preprocessing}}
+
+
+def restore_epoch_sums(loop: Loop, record: dict) -> None:
+    """A mid-epoch resume continues the epoch's sums: each process its own when the process count is unchanged,
+    else the first process all of them (counted once)."""
+    per_rank, dist = record.get("epoch_sums_ranks") or [], loop.dist
+    if not loop.state.epoch_step or not record.get("epoch_sums"):
+        return
+    if len(per_rank) == dist.world_size:
+        sums = per_rank[dist.rank]
+    elif dist.is_main:
+        sums = record["epoch_sums"]
+    else:
+        return
+    device = loop.nonfinite.device
+    loop.sums = EpochSums(torch.as_tensor(sums["loss"], dtype=torch.float32).to(device),
+                          torch.as_tensor(sums["correct"], dtype=torch.long).to(device), int(sums["seen"]))
 
 
 def raise_if_not_finite(loop: Loop) -> None:
@@ -533,10 +554,7 @@ def restore(path: Path, record: dict, loop: Loop) -> None:
         loop.scaler.load_state_dict(record["scaler"])
     known = {f.name for f in fields(TrainState)}
     loop.state = TrainState(**{k: v for k, v in record["state"].items() if k in known})
-    sums = record.get("epoch_sums")
-    if sums and loop.state.epoch_step and loop.dist.is_main:  # the sums over all processes, counted once
-        device = loop.nonfinite.device
-        loop.sums = EpochSums(sums["loss"].to(device), sums["correct"].to(device), int(sums["seen"]))
+    restore_epoch_sums(loop, record)
     per_rank = record.get("rng_ranks") or []
     restore_rng(per_rank[loop.dist.rank] if len(per_rank) == loop.dist.world_size else record["rng"])
 

@@ -39,6 +39,7 @@ def test_bench_json_reports_every_field(nin):
     assert r["peak_bf16_gflops"] is None or r["peak_bf16_gflops"] > 0
     assert (r["batch_size"], r["image_shape"], r["threads"], r["device"]) == (8, [3, 8, 8], 1, "cpu")
     assert r["malloc_tuned"] is True and len(r["rounds"]) == 1 and r["params"] > 0
+    assert r["device_name"].endswith(f"{torch.backends.cpu.get_cpu_capability()})")  # the ISA that sets the peak
 
 
 def test_bench_text_report_and_bad_override(nin):

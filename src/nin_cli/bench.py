@@ -113,15 +113,20 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: in
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name; for a CPU its model name, family and model (a cloud "AMD EPYC" may be any generation) and
+    the widest vector ISA PyTorch uses on it (AVX2, AVX512, ...), which sets its peak."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    info: dict[str, str] = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    generation = f"family {info['cpu family']} model {info['model']}, " if "cpu family" in info else ""
+    return f"{name} ({generation}{torch.backends.cpu.get_cpu_capability()})"
 
 
 def flops_per_image(cfg: NinConfig, shape: list[int], classes: int) -> tuple[int, int]:

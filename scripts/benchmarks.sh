@@ -42,9 +42,14 @@ bench paper_aug_1thread experiment=paper_cifar10_aug trainer.num_threads=1
 bench paper_noaug experiment=paper_cifar10                                   # no augmentation on either side
 bench fast experiment=fast_cifar10                                           # the time-to-accuracy model
 OMP_WAIT_POLICY=ACTIVE bench paper_aug_omp_active experiment=paper_cifar10_aug  # OpenMP threads spin, never sleep
+BF16=()
+if [ "$($PY -c 'import torch; print(torch.ops.mkldnn._is_mkldnn_bf16_supported())')" = True ]; then
+  bench paper_aug_bf16 experiment=paper_cifar10_aug trainer.precision=bf16  # emulated, ~100x slower, elsewhere
+  BF16=("$OUT"/paper_aug_bf16.json)
+fi
 $PY scripts/bench_table.py "$OUT"/paper_aug.json "$OUT"/paper_aug_nchw.json "$OUT"/paper_aug_default_malloc.json \
     "$OUT"/paper_aug_1thread.json "$OUT"/paper_aug_omp_active.json "$OUT"/paper_noaug.json "$OUT"/fast.json \
-    | tee "$FIG_DIR/throughput.md"
+    "${BF16[@]}" | tee "$FIG_DIR/throughput.md"
 
 # --- Where the time goes --------------------------------------------------------------------------------------
 echo "+ nin bench experiment=paper_cifar10_aug --profile --rounds 1 --no-conventional"

@@ -61,6 +61,7 @@ for layout in true false; do  # which oneDNN implementation runs each conv (and 
       --no-conventional --json 2>&1 | grep 'primitive,exec' | cut -d, -f6-8 | sort | uniq -c \
       > "$FIG_DIR/onednn_channels_last_$layout.txt"
 done
+$PY scripts/profile_nin_vs_bare.py experiment=fast_cifar10 > "$FIG_DIR/profile_nin_vs_bare_fast.md"  # runner vs noise
 $PY scripts/dropout_cost.py | tee "$FIG_DIR/dropout_cost.md"  # bernoulli_ masks against torch.rand masks
 $PY scripts/memory_format_pair.py | tee "$FIG_DIR/memory_format_pair.md"  # CL vs NCHW, alternated in one process
 for threads in 1 2; do  # every conv alone, NCHW against channels_last; 3-channel conv1 against zero-padded inputs

@@ -43,7 +43,7 @@ bench paper_noaug experiment=paper_cifar10                                   # n
 bench fast experiment=fast_cifar10                                           # the time-to-accuracy model
 OMP_WAIT_POLICY=ACTIVE bench paper_aug_omp_active experiment=paper_cifar10_aug  # OpenMP threads spin, never sleep
 BF16=()
-if [ "$($PY -c 'import torch; print(torch.ops.mkldnn._is_mkldnn_bf16_supported())')" = True ]; then
+if [ "$($PY -c 'import torch; from nin_cli.bench import bf16_supported; print(bf16_supported(torch.device("cpu")))')" = True ]; then
   bench paper_aug_bf16 experiment=paper_cifar10_aug trainer.precision=bf16  # emulated, ~100x slower, elsewhere
   BF16=("$OUT"/paper_aug_bf16.json)
 fi

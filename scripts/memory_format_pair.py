@@ -41,5 +41,6 @@ def main() -> None:
         peak = matmul_peaks(cpu, torch.float32, 2048)["mm"]
         print(f"| {i + 1} | {speed['CL']:.1f} | {speed['NCHW']:.1f} | {speed['CL'] / speed['NCHW']:.3f} | {peak:.0f} |")
 
+
 if __name__ == "__main__":
     main()

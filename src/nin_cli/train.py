@@ -447,15 +447,18 @@ def checkpoint_payload(loop: Loop) -> dict:
     epoch, best metric, plateau rule), the epoch's running sums and every RNG. The data order is a function of
     (seed, epoch, step), recorded as `data_order`."""
     state, data = loop.state, loop.data
-    rng = gather_objects(rng_states(), loop.dist)  # each process's own (dropout masks differ between ranks)
     loss, correct, seen = epoch_totals(loop)
-    # Each process's own sums too: resumed, each adds its remaining steps to its own, in the uninterrupted run's
-    # order (float32 sums added in another order differ in the last bit).
-    own_sums = gather_objects({"loss": loop.sums.loss.item(), "correct": loop.sums.correct.item(),
-                               "seen": loop.sums.seen}, loop.dist)
+    if loop.dist.enabled:  # each process's own RNGs (dropout masks differ between ranks) and epoch sums, in one
+        # gather: resumed, each adds its remaining steps to its own sums in the uninterrupted run's order (float32
+        # sums added in another order differ in the last bit)
+        sums = loop.sums
+        own = {"loss": sums.loss.item(), "correct": sums.correct.item(), "seen": sums.seen}
+        rng, own_sums = zip(*gather_objects((rng_states(), own), loop.dist), strict=True)
+        per_rank = {"rng_ranks": list(rng), "epoch_sums_ranks": list(own_sums)}
+    else:
+        rng, per_rank = [rng_states()], {}
     return {"config": to_dict(loop.cfg), "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
-            "scaler": loop.scaler.state_dict(), "state": asdict(state), "rng": rng[0],
-            **({"rng_ranks": rng, "epoch_sums_ranks": own_sums} if loop.dist.enabled else {}),
+            "scaler": loop.scaler.state_dict(), "state": asdict(state), "rng": rng[0], **per_rank,
             "epoch_sums": {"loss": torch.tensor(loss, dtype=torch.float32), "correct": torch.tensor(correct),
                            "seen": seen},
             "data_order": {"seed": loop.cfg.trainer.seed, "epoch": state.epoch, "step": state.epoch_step},
@@ -465,9 +468,9 @@ def checkpoint_payload(loop: Loop) -> dict:
 def restore_epoch_sums(loop: Loop, record: dict) -> None:
     """A mid-epoch resume continues the epoch's sums: each process its own when the process count is unchanged,
     else the first process all of them (counted once)."""
-    per_rank, dist = record.get("epoch_sums_ranks") or [], loop.dist
     if not loop.state.epoch_step or not record.get("epoch_sums"):
         return
+    per_rank, dist = record.get("epoch_sums_ranks") or [], loop.dist
     if len(per_rank) == dist.world_size:
         sums = per_rank[dist.rank]
     elif dist.is_main:

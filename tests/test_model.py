@@ -107,3 +107,89 @@ def test_cpu_dropout_matches_nn_dropout_in_law(p):
     assert torch.equal(x.grad, out.detach())  # gradient: the same scaled mask
     assert torch.equal(Dropout(p).eval()(x), x)
     assert not Dropout(1.0)(x).any() and torch.equal(Dropout(0.0)(x), x)
+
+
+# ------------------------------------------------------------------------------------- the authors' dropout
+
+DROPOUT_NET = ["model=nin_small", "model.dropout=0.5", "dataset=synthetic", "dataset.image_shape=[3,12,12]"]
+
+
+def dropout_pair(dtype=torch.float64):
+    """The same weights as an inverted-dropout and a classic-dropout network (float64: equalities to ~1e-12)."""
+    inverted = build_model(load_config(DROPOUT_NET).model, load_config(DROPOUT_NET).head, [3, 12, 12], 10)
+    cfg = load_config([*DROPOUT_NET, "model.dropout_style=classic"])
+    classic = build_model(cfg.model, cfg.head, [3, 12, 12], 10)
+    classic.load_state_dict(inverted.state_dict())
+    return inverted.to(dtype), classic.to(dtype)
+
+
+def after_dropout(net) -> list:
+    """The layers right after a dropout: the first conv of every block that follows a block with dropout."""
+    return [block.convs[0] for prev, block in zip(net.features, net.features[1:], strict=False)
+            if any(type(m).__name__ == "Dropout" for m in prev.body)]
+
+
+def test_classic_and_inverted_dropout_compute_the_same_function_at_test_time():
+    """Classic dropout with the next layer's weights W/(1 − p) is inverted dropout with W, in eval mode exactly
+    (p = 0.5: the scalings are powers of two), and each is the expectation of its own training-time output."""
+    inverted, classic = dropout_pair()
+    assert len(after_dropout(classic)) == 2
+    with torch.no_grad():
+        for conv in after_dropout(classic):
+            conv.weight.mul_(2.0)
+    x = torch.randn(4, 3, 12, 12, dtype=torch.float64)
+    torch.testing.assert_close(classic.eval()(x), inverted.eval()(x), rtol=1e-13, atol=1e-15)
+    from nin_cli.model import Dropout
+
+    for layer in (Dropout(0.5, classic=True), Dropout(0.5)):
+        h = torch.rand(64, dtype=torch.float64)
+        mean = torch.stack([layer.train()(h) for _ in range(4000)]).mean(0)
+        torch.testing.assert_close(mean, layer.eval()(h), rtol=0, atol=0.05)
+
+
+def sgd_steps(net, lrs: dict, decays: dict, steps: int = 4) -> None:
+    params = list(net.parameters())
+    groups = [{"params": [p], "lr": lrs.get(id(p), 0.1), "weight_decay": decays.get(id(p), 1e-4 if p.ndim > 1
+                                                                                      else 0.0)} for p in params]
+    opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+    data = torch.Generator().manual_seed(1)
+    torch.manual_seed(0)  # the dropout masks: both forms draw the same ones from the same RNG
+    net.train()
+    for _ in range(steps):
+        x = torch.randn(8, 3, 12, 12, generator=data, dtype=torch.float64)
+        y = torch.randint(0, 10, (8,), generator=data)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+
+def test_inverted_dropout_trains_as_classic_with_the_next_layer_at_2x_std_4x_lr_and_quarter_l2():
+    """The issue's equivalence, checked in float64 over SGD steps with momentum: inverted dropout with weights W,
+    lr η and L2 λ trains exactly as classic (authors') dropout with the next layer at 2W, 4η and λ/4."""
+    inverted, classic = dropout_pair()
+    start = inverted.features[1].convs[0].weight.detach().clone()
+    with torch.no_grad():
+        for conv in after_dropout(classic):
+            conv.weight.mul_(2.0)
+    sgd_steps(inverted, {}, {})
+    scaled = {id(conv.weight) for conv in after_dropout(classic)}
+    sgd_steps(classic, {i: 0.4 for i in scaled}, {i: 2.5e-5 for i in scaled})
+    for (name, a), b in zip(inverted.named_parameters(), classic.parameters(), strict=True):
+        expected = b / 2 if id(b) in scaled else b
+        torch.testing.assert_close(a, expected, rtol=1e-10, atol=1e-12, msg=name)
+    assert (inverted.features[1].convs[0].weight - start).abs().max() > 1e-4  # training moved it: not vacuous
+
+
+def test_classic_dropout_does_not_rescale_while_training_and_scales_at_test():
+    from nin_cli.model import Dropout
+
+    x = torch.ones(10_000, dtype=torch.float64)
+    classic, inverted = Dropout(0.3, classic=True), Dropout(0.3)
+    torch.manual_seed(0)
+    kept_classic = classic.train()(x)
+    torch.manual_seed(0)
+    kept_inverted = inverted.train()(x)
+    assert set(kept_classic.unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(kept_inverted, kept_classic / 0.7)  # the same mask from the same RNG
+    torch.testing.assert_close(classic.eval()(x), x * 0.7)
+    torch.testing.assert_close(inverted.eval()(x), x)

@@ -36,14 +36,10 @@ def train(ctx: typer.Context) -> None:
     elif cfg.trainer.devices > 1:
         raise typer.Exit(launch(cfg.trainer.devices, cfg.trainer.device, list(ctx.args)))
     else:
-        from nin_cli.hydra_app import hydra_run, write_run_files
-        from nin_cli.train import fit, resolve_device
+        from nin_cli.hydra_app import hydra_run
+        from nin_cli.train import train_run
 
-        def task(cfg, run_dir: Path) -> dict:
-            write_run_files(cfg, run_dir, str(resolve_device(cfg.trainer.device)))
-            return fit(cfg, run_dir)
-
-        summary = hydra_run(overrides, task)
+        summary = hydra_run(overrides, train_run)
     best = summary["best_val_error"]
     print(f"test error {summary['test_error']:.2f}%"
           + (f", best val error {best:.2f}% (epoch {summary['best_epoch']})" if best is not None else ""))
@@ -170,15 +166,18 @@ def table(run_dirs: list[Path] | None = typer.Argument(None, metavar="RUN_DIRS",
                                                       help="Run directories or folders holding them (OUT/runs)."),
           run: bool = typer.Option(False, "--run", help="First train the missing runs (make reproduce-table); "
                                                         "finished runs are kept."),
-          budget: str | None = typer.Option(None, "--budget", help="full | short | smoke: what --run trains (default "
-                                                                   "smoke); without --run, show only that budget."),
+          budget: str | None = typer.Option(None, "--budget", help="full | short | cpu | smoke: what --run trains "
+                                                                   "(default smoke); without --run, show only that "
+                                                                   "budget."),
           rows: str | None = typer.Option(None, "--rows", metavar="KEY,...",
                                           help="With --run: only these presets, e.g. paper_cifar10,cnn_gap/gap."),
           cifar10_jpeg: Path | None = typer.Option(None, "--cifar10-jpeg", metavar="DIR",
                                                    help="With --run: CIFAR-10 rows train on this JPEG copy "
                                                         "(train/<class>/, test/<class>/), labelled as such."),
           out: Path = typer.Option(Path("results"), "--out", metavar="DIR",
-                                   help="Where table.md and table.csv go (and runs/ with --run).")) -> None:
+                                   help="Where table.md and table.csv go (and runs/ with --run)."),
+          check: bool = typer.Option(False, "--check", help="Exit 6 when a comparable row that was run is not "
+                                                            "reproduced (a gate for CI on a GPU box).")) -> None:
     """The paper's tables with our test errors beside them: the terminal, OUT/table.md and OUT/table.csv."""
     from rich.console import Console
 
@@ -193,7 +192,14 @@ def table(run_dirs: list[Path] | None = typer.Argument(None, metavar="RUN_DIRS",
         run_dirs = reproduce(budget or "smoke", rows.split(",") if rows else None, cifar10_jpeg, out / "runs", console)
     elif rows or cifar10_jpeg:
         raise ConfigError("--rows and --cifar10-jpeg choose what --run trains: add --run")
-    show_table(run_dirs or [p for p in [out / "runs"] if p.is_dir()], out, console, budget)  # none yet: paper only
+    lines = show_table(run_dirs or [p for p in [out / "runs"] if p.is_dir()], out, console, budget)  # none: paper only
+    if check:
+        from nin_cli.errors import CheckFailed
+        from nin_cli.report import failed_checks
+
+        failed = failed_checks(lines)
+        if failed:
+            raise CheckFailed(f"{len(failed)} row(s) not reproduced: " + "; ".join(failed))
 
 
 @app.command(context_settings=OVERRIDES)

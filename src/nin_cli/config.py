@@ -16,7 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from nin_cli.errors import ConfigError
+from nin_cli.errors import ConfigError, DataError, UnsafeFileError
 
 
 def _choice(default: Any, *choices: Any) -> Any:
@@ -44,7 +44,7 @@ class DatasetConfig:
     num_classes: int | None = None
     val_size: int = _range(10000, lo=0)  # images taken from the END of train as validation (paper §4.1)
     train_on: str = _choice("train", "train", "train+val")
-    preprocessing: str = _choice("mean_std", "none", "mean_std", "gcn_zca", "gcn_lcn")
+    preprocessing: str = _choice("mean_std", "none", "mean_std", "mean_image", "gcn_zca", "gcn_lcn")
     gcn_scale: float = _range(55.0, lo=0, lo_open=True)
     zca_bias: float = _range(0.1, lo=0, lo_open=True)  # > 0: GCN leaves the covariance singular
     translate: int = _range(0, lo=0, hi=16)  # pad-and-crop augmentation, pixels
@@ -78,6 +78,9 @@ class ModelConfig:
     blocks: list[BlockConfig] = field(default_factory=lambda: [BlockConfig()])
     micro_depth: int | None = _range(None, lo=0, hi=16)  # 1×1 layers per block; null: as the widths list
     dropout: float = _range(0.5, lo=0, hi=1)
+    # classic: the authors' (no rescaling while training, × (1 − p) at test); inverted: PyTorch's (÷ (1 − p) while
+    # training). Same test-time function, different training dynamics (README, "Reproduction").
+    dropout_style: str = _choice("inverted", "inverted", "classic")
     batch_norm: bool = False
     final_relu: bool = True  # the paper keeps the ReLU on the class maps before global pooling
     init: str = _choice("paper", "paper", "kaiming")
@@ -115,6 +118,9 @@ class ScheduleConfig:
     warmup_epochs: float = _range(0.0, lo=0)
     final_lr_mult: float = _range(0.0, lo=0, hi=1)  # cosine / onecycle floor
     pct_start: float = _range(0.25, lo=0, hi=1)  # onecycle: share of training spent rising
+    # milestones / paper_plateau: whether a drop also divides the biases' lr. The authors lower only epsW (README
+    # of mavenlin/cuda-convnet, NIN/: "changing all the epsW to one tenth"), so the paper presets set false.
+    drop_bias_lr: bool = True
 
 
 @dataclass
@@ -133,6 +139,10 @@ class TrainerConfig:
     label_smoothing: float = _range(0.0, lo=0, hi=1)
     log_every: int = _range(50, lo=1)  # steps between TensorBoard step scalars (and host syncs)
     collapse_epochs: int = _range(5, lo=0)  # stop (exit 5) after this many epochs at chance; 0 disables
+    # stop (exit 5) once every image has got the same output for this many steps in a row (a collapse); 0 disables
+    collapse_steps: int = _range(30, lo=0)
+    # after a collapse, start the run again with the next trainer.seed, at most this many times (0: stop, exit 5)
+    collapse_restarts: int = _range(0, lo=0, hi=100)
     progress: str = _choice("auto", "auto", "rich", "plain", "none")
     checkpoint_every_steps: int | None = _range(None, lo=1)  # also save last.pt mid-epoch; null: at epoch ends
     devices: int = _range(1, lo=1)  # processes (one per GPU): DDP through torch.distributed.run (README, "Scaling out")
@@ -440,6 +450,46 @@ def check_overrides(overrides: list[str], allow_sweep: bool = False) -> None:
             raise ConfigError(f"'{item}' is not an override: expected key=value, e.g. trainer.epochs=10")
         if not allow_sweep and _SWEEP_VALUE.match(item):
             raise ConfigError(f"'{item}' asks for several runs: use `nin sweep {item}` for that")
+
+
+def _mentions_target(value: Any) -> bool:
+    """Whether a parsed override value carries Hydra's `_target_` anywhere (a key or text of a nested value)."""
+    if isinstance(value, dict):
+        return any("_target_" in str(k) or _mentions_target(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_mentions_target(v) for v in value)
+    return "_target_" in str(value)
+
+
+def check_replayed_overrides(items: list[Any], source: Path) -> list[str]:
+    """The overrides a run directory asks to replay (its `.hydra/overrides.yaml`), checked as untrusted input.
+
+    Hydra instantiates `hydra.callbacks.*._target_` and any `_target_` it is handed, so a shared run directory
+    could run code through them. A replayed override may set only nin's own schema keys and pick a group option
+    that exists in `conf/`; anything under `hydra`, any `_target_`, or any unknown key is refused (exit 4) before
+    anything is composed, instantiated or created. A file that is not a list of overrides is damage (exit 3)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise DataError(f"{source}: not a list of overrides; repair or remove it to resume this run")
+    try:
+        parsed = OverridesParser.create().parse_overrides(items)
+    except (HydraException, RecursionError) as err:
+        raise DataError(f"{source}: unreadable override ({_one_line(str(err))[:160]}); repair or remove it") from None
+    for o in parsed:
+        key = o.key_or_group
+        value = o.value() if not o.is_delete() else None
+        parent = key.rpartition(".")[0]
+        if key in GROUPS:
+            allowed = o.package is None and isinstance(value, str) and value in group_options(key)
+        else:
+            mapping = bool(parent) and typing.get_origin(_field_type(parent)) is dict  # init_std_overrides.conv1
+            allowed = _field_type(key) is not None or mapping
+        if key.split(".")[0].split("/")[0] == "hydra" or "_target_" in key or _mentions_target(value) or not allowed:
+            raise UnsafeFileError(f"{source}: refused override '{_one_line(o.input_line)[:120]}': a run directory may "
+                                  "only set nin's own config keys (nothing under hydra, no _target_); nothing was run")
+    return list(items)
 
 
 def _quote_home(item: str) -> str:

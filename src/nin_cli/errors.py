@@ -33,6 +33,25 @@ class DivergedError(NinError):
     exit_code = 5
 
 
+class CollapsedError(DivergedError):
+    """Training collapsed to chance (every image gets the same output); `step` is where it began, `seed` the
+    trainer seed of the run that collapsed (for restarts with the next one)."""
+
+    def __init__(self, message: str, step: int, seed: int):
+        super().__init__(message)
+        self.step, self.seed = step, seed
+
+    def __reduce__(self):  # crosses process boundaries (sweep launchers)
+        return type(self), (str(self), self.step, self.seed)
+
+
+class CheckFailed(NinError):
+    """A result that was checked does not hold: `nin table --check` with a row not reproduced, an export whose
+    runtime disagrees with the eager model."""
+
+    exit_code = 6
+
+
 class Interrupted(NinError):
     """Ctrl-C (130) or SIGTERM (143) after the checkpoint was written."""
 

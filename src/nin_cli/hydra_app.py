@@ -79,14 +79,17 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
     return ret._return_value
 
 
-def write_run_files(cfg: NinConfig, run_dir: Path, device: str) -> None:
-    """config.yaml (as run) and provenance.json; a resumed run keeps its provenance and records the resume."""
+def write_run_files(cfg: NinConfig, run_dir: Path, device: str, start: bool = True) -> None:
+    """config.yaml (as run) and, when a process `start`s on the run, provenance.json; a resumed run keeps its
+    provenance and records the resume."""
     from omegaconf import OmegaConf
 
     from nin_cli.config import to_dict
     from nin_cli.runs import provenance, write_json, write_text
 
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+    if not start:
+        return
     path = run_dir / "provenance.json"
     try:
         record = json.loads(path.read_text()) if path.exists() else None
@@ -99,6 +102,18 @@ def write_run_files(cfg: NinConfig, run_dir: Path, device: str) -> None:
         if cfg.resume:
             record["resumed_from"] = cfg.resume
     write_json(path, record)
+
+
+def record_provenance(run_dir: Path, facts: dict) -> None:
+    """Add `facts` to the run's provenance.json (kept whole if it is unreadable: the facts start a new record)."""
+    from nin_cli.runs import write_json
+
+    path = run_dir / "provenance.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        record = None
+    write_json(path, {**(record if isinstance(record, dict) else {}), **facts})
 
 
 def hydra_multirun(overrides: list[str], task_function: Callable[[Any], Any]) -> Any:

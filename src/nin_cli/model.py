@@ -70,15 +70,34 @@ class LocallyConnected2d(nn.Module):
 
 
 class Dropout(nn.Dropout):
-    """`nn.Dropout` whose mask, on the CPU, comes from `torch.rand`: PyTorch's CPU `bernoulli_` takes MKL's vectorised
-    path only on Intel CPUs and elsewhere draws a double per element on one thread, 3× slower (3 % of a paper NIN
-    step on this AMD CPU, BENCHMARKS.md). Accelerators keep the fused native kernel."""
+    """Dropout in one of two forms with the same test-time function.
+
+    - inverted (PyTorch's): zero with probability p and scale the kept units by 1/(1 − p) while training; identity
+      at test time.
+    - classic (the authors': cuda-convnet `DropoutNeuron` in `extralayers.cuh`, `Python/plugin.py`): zero with
+      probability p and do not rescale while training; multiply by (1 − p) at test time. The layer after it then
+      trains as the authors' did (inverted dropout is that layer at 2× the init std, 4× the lr and ¼ the L2).
+
+    On the CPU the mask comes from `torch.rand`: PyTorch's CPU `bernoulli_` takes MKL's vectorised path only on Intel
+    CPUs and elsewhere draws a double per element on one thread, 3× slower (3 % of a paper NIN step on this AMD CPU,
+    BENCHMARKS.md). Accelerators keep the fused native kernel. Both forms draw the same mask from the same RNG."""
+
+    def __init__(self, p: float, classic: bool = False):
+        super().__init__(p)
+        self.classic = classic
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or x.device.type != "cpu" or not 0 < self.p < 1:
+        if not self.training:
+            return x * (1 - self.p) if self.classic and self.p > 0 else x
+        if not 0 < self.p < 1:
             return super().forward(x)
-        scaled_keep = torch.rand_like(x, dtype=torch.float32).ge_(self.p).mul_(1 / (1 - self.p))
-        return x * scaled_keep.to(x.dtype)
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, True) * (1 - self.p) if self.classic else super().forward(x)
+        keep = torch.rand_like(x, dtype=torch.float32).ge_(self.p)
+        return x * (keep if self.classic else keep.mul_(1 / (1 - self.p))).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, {'classic' if self.classic else 'inverted'}"
 
 
 class MLPConv(nn.Module):
@@ -86,7 +105,7 @@ class MLPConv(nn.Module):
     ReLU → pool → dropout. `in_size` (H, W) is needed only by a locally connected layer."""
 
     def __init__(self, in_channels: int, widths: list[int], block: BlockConfig, dropout: float,
-                 batch_norm: bool, last_relu: bool = True, last_batch_norm: bool = True,
+                 batch_norm: bool, classic_dropout: bool = False, last_relu: bool = True, last_batch_norm: bool = True,
                  in_size: tuple[int, int] | None = None):
         super().__init__()
         self.convs: list[nn.Module] = []
@@ -113,7 +132,7 @@ class MLPConv(nn.Module):
         elif block.pool == "avg":
             layers.append(nn.AvgPool2d(block.pool_kernel, block.pool_stride, ceil_mode=True))
         if block.dropout and dropout > 0:
-            layers.append(Dropout(dropout))
+            layers.append(Dropout(dropout, classic_dropout))
         self.body = nn.Sequential(*layers)
         self.out_channels = channels
 
@@ -133,6 +152,7 @@ class NIN(nn.Module):
         channels = image_shape[0]
         size = tuple(image_shape[1:])
         depth = None if model.arch == "cnn" else model.micro_depth  # cnn blocks are their single k×k layer
+        classic = model.dropout_style == "classic"
         for i, block in enumerate(model.blocks):
             last_block = i == len(model.blocks) - 1
             widths = block_widths(block.widths, depth)
@@ -140,7 +160,7 @@ class NIN(nn.Module):
             if block.layer == "local":  # unshared weights need the input size: run the blocks so far once
                 with torch.no_grad():
                     size = tuple(nn.Sequential(*blocks).eval()(torch.zeros(1, *image_shape)).shape[-2:])
-            blocks.append(MLPConv(channels, widths, block, model.dropout, model.batch_norm,
+            blocks.append(MLPConv(channels, widths, block, model.dropout, model.batch_norm, classic,
                                   last_relu=model.final_relu or not last_block or head.type != "gap",
                                   last_batch_norm=not (last_block and head.type == "gap"), in_size=size))
             channels = blocks[-1].out_channels
@@ -155,11 +175,11 @@ class NIN(nn.Module):
             layers: list[nn.Module] = [nn.Flatten()]
             for width in head.hidden:
                 if head.type == "fc_dropout":
-                    layers.append(Dropout(head.dropout))
+                    layers.append(Dropout(head.dropout, classic))
                 layers += [nn.Linear(flat, width), nn.ReLU(inplace=True)]
                 flat = width
             if head.type == "fc_dropout":
-                layers.append(Dropout(head.dropout))
+                layers.append(Dropout(head.dropout, classic))
             layers.append(nn.Linear(flat, num_classes))
             self.classifier = nn.Sequential(*layers)
         self.features.train()

@@ -113,6 +113,8 @@ def apply_preprocessing(images: torch.Tensor, constants: dict) -> torch.Tensor:
         for c, (mean, std) in enumerate(zip(constants["mean"], constants["std"], strict=True)):
             x[:, c].sub_(255.0 * float(mean)).div_(255.0 * float(std))
         return x
+    if kind == "mean_image":  # the authors' providers (cuda-convnet convdata.py): raw pixels − the mean image, unscaled
+        return x.sub_(constants["mean_image"].to(x.device, non_blocking=True))
     x = gcn(x, constants["gcn_scale"])
     if kind == "gcn_zca":
         return apply_zca(x, constants["zca_mean"].to(x.device), constants["zca_matrix"].to(x.device))

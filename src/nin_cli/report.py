@@ -97,6 +97,7 @@ class RunRecord:
     comparable: bool = True
     why_not: str = ""  # why the run cannot be held against the paper's number
     message: str = ""  # the outcome's one line (collapse, missing data)
+    restarts: int = 0  # collapses restarted with the next seed (trainer.collapse_restarts)
     command: str = ""
 
 
@@ -150,6 +151,7 @@ def read_run(path: Path) -> RunRecord | None:
         record.wall_time_s = summary.get("wall_time_s")
         record.device = str(summary.get("device") or "")
         record.seed = summary.get("seed", record.seed)
+        record.restarts = len(summary.get("collapse_restarts") or [])
         return record
     outcome = _read_json(path / "outcome.json")
     if outcome is not None:
@@ -185,7 +187,7 @@ def collect(paths: list[Path]) -> list[RunRecord]:
 # ------------------------------------------------------------------------------------------ lines and verdicts
 
 
-BUDGET_ORDER = ("full", "short", "custom", "smoke")
+BUDGET_ORDER = ("full", "short", "cpu", "custom", "smoke")
 
 
 @dataclass
@@ -249,6 +251,11 @@ def _failures(line: Line) -> str:
         if hits:
             detail = f": {hits[0].message}" if hits[0].message else ""
             parts.append(f"{len(hits)} of {len(line.runs)} runs {word}{detail}")
+    restarted = [r for r in line.runs if r.restarts]
+    if restarted:  # nothing hidden: a seed that collapsed and was restarted is counted
+        were = "was" if len(restarted) == 1 else "were"
+        parts.append(f"{len(restarted)} of {len(line.runs)} seeds collapsed and {were} restarted "
+                     f"({sum(r.restarts for r in restarted)} restarts)")
     return "; ".join(parts)
 
 
@@ -264,7 +271,7 @@ def verdict(line: Line) -> tuple[str, str]:
         why = next((r.why_not for r in line.runs if r.why_not), "")
         return f"not comparable{f' ({why})' if why else ''}{suffix}", "dim"
     tol, diff = tolerance(line.row.paper_error), line.difference or 0.0
-    budget = " at the short budget" if line.budget == "short" else ""
+    budget = f" at the {line.budget} budget" if line.budget in ("short", "cpu") else ""
     if abs(diff) <= tol:
         return f"reproduced: within ±{tol:.2f}{budget}{suffix}", "green"
     side = "worse" if diff > 0 else "better"
@@ -415,6 +422,19 @@ def header_text(budgets: list[str]) -> str:
             f"Ours = mean ± sample std over seeds of the final model's test error, trained on train+val (the "
             f"paper's protocol). A row is reproduced when |ours − paper| ≤ max({TOL_REL:.0%} of the paper's "
             f"error, {TOL_ABS} points). Smoke-budget rows and stand-in data are not comparable.\n")
+
+
+def failed_checks(lines: list[Line]) -> list[str]:
+    """`nin table --check`: the rows that were run, are comparable with the paper, and did not reproduce it (or
+    whose every run collapsed or diverged). Budget-limited and stand-in-data rows are labelled, not failed."""
+    failed = []
+    for line in lines:
+        if not line.runs or not line.comparable:
+            continue
+        text, style = verdict(line)
+        if style == "red":
+            failed.append(f"{line.row.key} ({line.budget}, {line.data}): {text}")
+    return failed
 
 
 def write_outputs(lines: list[Line], out_dir: Path) -> tuple[Path, Path]:

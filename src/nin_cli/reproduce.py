@@ -7,8 +7,10 @@ final phase only: every run adds `dataset.train_on=train+val` and the table repo
 (never a checkpoint picked on images it trained on).
 
 Budgets. full: the presets as they are (paper epochs), 3 seeds — GPU-days. short: the authors' 200/230/260 shape
-shrunk to 60 CIFAR epochs (12 SVHN, 30 MNIST), 2 seeds — a few GPU-hours. smoke: one epoch of two 16-image steps
-on tiny data with mean/std input, 1 seed — minutes on a CPU, for CI; never comparable with the paper.
+shrunk to 60 CIFAR epochs (12 SVHN, 30 MNIST), 2 seeds — a few GPU-hours. cpu: the same shape sized for about an
+hour per row on a 2-core CPU (28 MNIST epochs, 12 CIFAR, 1 SVHN), 1 seed — the MNIST row is comparable there.
+smoke: one epoch of two 16-image steps on tiny data with mean/std input, 1 seed — minutes on a CPU, for CI; never
+comparable with the paper.
 
 Data. full and short use the official files (a row whose files are missing is recorded as "no data" with the
 loader's message, and retried next time); CIFAR-10 rows use the JPEG copy instead when `cifar10_jpeg` points at
@@ -28,7 +30,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from nin_cli.errors import ConfigError, DataError, DivergedError
+from nin_cli.errors import CollapsedError, ConfigError, DataError, DivergedError
 from nin_cli.report import DATA_NAMES, ROW_BY_KEY, ROWS, Row
 
 log = logging.getLogger("nin")
@@ -43,10 +45,14 @@ class Budget:
 BUDGETS = {
     "full": Budget(3, "the presets as they are (paper epochs), 3 seeds"),
     "short": Budget(2, "60 CIFAR / 12 SVHN / 30 MNIST epochs, lr ÷10 at 77 % and 88 %, 2 seeds"),
+    "cpu": Budget(1, "about one hour per row on a 2-core CPU: 12 CIFAR / 1 SVHN / 28 MNIST epochs, lr ÷10 at 77 % "
+                  "and 88 %, 1 seed"),
     "smoke": Budget(1, "1 epoch of 2 steps of 16 images, mean/std input, 1 seed; not comparable"),
 }
 SHORT_SCHEDULES = {"cifar10": (60, [46, 53]), "cifar100": (60, [46, 53]), "svhn": (12, [9, 11]),
                    "mnist": (30, [23, 27])}  # (epochs, lr ÷10 milestones): 200/230/260 scaled down
+CPU_SCHEDULES = {"cifar10": (12, [9, 11]), "cifar100": (12, [9, 11]), "svhn": (1, [1]),
+                 "mnist": (28, [22, 25])}  # sized for ~1 hour per row on the 2-core CPU (BENCHMARKS.md)
 SMOKE = ["trainer.epochs=1", "trainer.max_steps_per_epoch=2", "trainer.batch_size=16", "trainer.eval_batch_size=100",
          "dataset.preprocessing=mean_std"]  # GCN+ZCA's 3072×3072 eigendecomposition alone takes minutes on a CPU
 SHAPES = {"cifar10": ([3, 32, 32], 10), "cifar100": ([3, 32, 32], 100), "svhn": ([3, 32, 32], 10),
@@ -77,8 +83,8 @@ class PlannedRun:
 
 
 def budget_overrides(row: Row, budget: str) -> list[str]:
-    if budget == "short":
-        epochs, milestones = SHORT_SCHEDULES[row.data]
+    if budget in ("short", "cpu"):
+        epochs, milestones = (SHORT_SCHEDULES if budget == "short" else CPU_SCHEDULES)[row.data]
         return ["schedule=milestones", f"schedule.milestones=[{','.join(map(str, milestones))}]",
                 f"trainer.epochs={epochs}"]
     return list(SMOKE) if budget == "smoke" else []
@@ -139,7 +145,8 @@ def plan(budget: str, keys: list[str] | None, cifar10_jpeg: Path | None, runs_ro
         for seed in range(BUDGETS[budget].seeds):
             run_dir = runs_root / budget / data.tag / row.key / f"seed{seed}"
             overrides = [f"experiment={row.key}", *data.overrides, "dataset.train_on=train+val",
-                         *budget_overrides(row, budget), f"trainer.seed={seed}", f"hydra.run.dir={run_dir}"]
+                         *budget_overrides(row, budget), f"trainer.seed={seed}", "trainer.collapse_restarts=2",
+                         f"hydra.run.dir={run_dir}"]
             meta = {"row": row.key, "budget": budget, "data": data.label, "comparable": data.comparable,
                     "why_not": data.why_not, "seed": seed, "overrides": overrides}
             runs.append(PlannedRun(row, seed, run_dir, overrides, meta))
@@ -161,16 +168,11 @@ def finished(run_dir: Path) -> bool:
 def _train(overrides: list[str]) -> dict:
     """What `nin train OVERRIDES` does, in this process (Hydra run directory, train.log, provenance)."""
     from nin_cli.config import load_config
-    from nin_cli.hydra_app import hydra_run, write_run_files
-    from nin_cli.train import fit, resolve_device
+    from nin_cli.hydra_app import hydra_run
+    from nin_cli.train import train_run
 
     load_config(overrides)
-
-    def task(cfg, run_dir: Path) -> dict:
-        write_run_files(cfg, run_dir, str(resolve_device(cfg.trainer.device)))
-        return fit(cfg, run_dir)
-
-    return hydra_run(overrides, task)
+    return hydra_run(overrides, train_run)
 
 
 def run_one(run: PlannedRun) -> tuple[str, str]:
@@ -186,7 +188,7 @@ def run_one(run: PlannedRun) -> tuple[str, str]:
     except DataError as err:
         status, message = "no_data", str(err)
     except DivergedError as err:
-        status, message = ("collapsed" if "chance" in str(err) else "diverged"), str(err)
+        status, message = ("collapsed" if isinstance(err, CollapsedError) else "diverged"), str(err)
     else:
         return "done", f"test error {summary['test_error']:.2f}% in {summary['wall_time_s']:.0f} s"
     write_json(run.run_dir / "outcome.json", {"status": status, "message": message})

@@ -203,15 +203,22 @@ def _override_values(overrides: list[str]) -> dict[str, Any]:
 
 
 def _run_overrides(run_dir: Path) -> list[str]:
-    """The overrides a run was started with (Hydra's .hydra/overrides.yaml); [] when absent or unreadable."""
+    """The overrides a run was started with (Hydra's .hydra/overrides.yaml), checked as untrusted input (see
+    `config.check_replayed_overrides`); [] when the run has no such file (a checkpoint's own folder)."""
     import yaml
 
+    from nin_cli.config import check_replayed_overrides
+    from nin_cli.errors import DataError
+
     path = run_dir / ".hydra" / "overrides.yaml"
-    try:
-        items = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+    if not path.exists():
         return []
-    return [str(i) for i in items] if isinstance(items, list) else []
+    try:
+        items = yaml.safe_load(path.read_bytes())
+    except (OSError, yaml.YAMLError, RecursionError) as err:
+        raise DataError(f"{path}: unreadable ({' '.join(str(err).split())[:160]}); repair or remove it to resume "
+                        "this run") from None
+    return check_replayed_overrides([] if items is None else items, path)
 
 
 def resume_overrides(overrides: list[str]) -> list[str]:

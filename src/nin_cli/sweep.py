@@ -266,11 +266,9 @@ def _train_job(dcfg: Any, run_dir: Path) -> dict:
         return previous
     if cfg.trainer.devices > 1:
         return _train_job_distributed(cfg, run_dir)
-    from nin_cli.hydra_app import write_run_files
-    from nin_cli.train import fit, resolve_device
+    from nin_cli.train import train_run
 
-    write_run_files(cfg, run_dir, str(resolve_device(cfg.trainer.device)))
-    return fit(cfg, run_dir)
+    return train_run(cfg, run_dir)
 
 
 def _train_job_distributed(cfg: NinConfig, run_dir: Path) -> dict:

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,15 @@ from nin_cli.distributed import (
     shutdown,
     wrap_model,
 )
-from nin_cli.errors import ConfigError, DataError, DivergedError, Interrupted, InterruptedNow, PeerFailed
+from nin_cli.errors import (
+    CollapsedError,
+    ConfigError,
+    DataError,
+    DivergedError,
+    Interrupted,
+    InterruptedNow,
+    PeerFailed,
+)
 from nin_cli.evaluate import evaluate, evaluation_sums, metrics_from_sums
 from nin_cli.faults import inject
 from nin_cli.model import NIN, build_model
@@ -76,6 +84,7 @@ class TrainState:
     drops: int = 0
     chance_epochs: int = 0
     stopped_early: bool = False
+    dead_steps: int = 0  # consecutive steps on which every image got the same output (see `raise_if_collapsed`)
 
 
 # ------------------------------------------------------------------------------------------- device and setup
@@ -135,7 +144,7 @@ def build_optimizer(model: NIN, cfg: OptimConfig) -> torch.optim.Optimizer:
     param_groups = []
     for (is_last, is_weight), params in groups.items():
         lr = cfg.lr * (cfg.last_layer_lr_mult if is_last else 1.0) * (1.0 if is_weight else cfg.bias_lr_mult)
-        param_groups.append({"params": params, "lr": lr, "base_lr": lr,
+        param_groups.append({"params": params, "lr": lr, "base_lr": lr, "is_bias": not is_weight,
                              "weight_decay": cfg.weight_decay if is_weight else 0.0})
     if cfg.name == "adamw":
         return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas))
@@ -145,12 +154,14 @@ def build_optimizer(model: NIN, cfg: OptimConfig) -> torch.optim.Optimizer:
 # ------------------------------------------------------------------------------------------------- schedule
 
 
-def lr_multiplier(cfg: ScheduleConfig, progress: float, total_epochs: int, lr_scale: float = 1.0) -> float:
-    """The factor on every group's base lr at `progress` epochs (fractional) into training."""
+def lr_multiplier(cfg: ScheduleConfig, progress: float, total_epochs: int, lr_scale: float = 1.0,
+                  drops: bool = True) -> float:
+    """The factor on a group's base lr at `progress` epochs (fractional) into training. `drops=False`: without the
+    ÷gamma drops of milestones / paper_plateau (the biases' factor when `schedule.drop_bias_lr` is false)."""
     if cfg.name == "milestones":
-        factor = cfg.gamma ** sum(progress >= m for m in cfg.milestones)
+        factor = cfg.gamma ** sum(progress >= m for m in cfg.milestones) if drops else 1.0
     elif cfg.name == "paper_plateau":
-        factor = lr_scale
+        factor = lr_scale if drops else 1.0
     elif cfg.name == "cosine":
         t = min(1.0, max(0.0, (progress - cfg.warmup_epochs) / max(1e-9, total_epochs - cfg.warmup_epochs)))
         factor = cfg.final_lr_mult + (1 - cfg.final_lr_mult) * 0.5 * (1 + math.cos(math.pi * t))
@@ -228,6 +239,7 @@ class Loop:
     writer: Any
     stop: StopRequest
     nonfinite: torch.Tensor  # accelerators: "a loss since the last check was not finite", read lazily
+    dead_steps: torch.Tensor  # consecutive steps with one output for every image, counted on the device
     dist: Dist = Dist()  # this process's place among the run's processes (Dist(): the only one)
 
     @property
@@ -268,9 +280,11 @@ def train_step(loop: Loop, images: torch.Tensor, labels: torch.Tensor, steps: in
     update on the CPU, and at the next check on an accelerator (the weights it spoilt are never saved)."""
     cfg, state, sums = loop.cfg, loop.state, loop.sums
     tr = cfg.trainer
-    mult = lr_multiplier(cfg.schedule, state.epoch + state.epoch_step / steps, tr.epochs, state.lr_scale)
+    progress = state.epoch + state.epoch_step / steps
+    mult = lr_multiplier(cfg.schedule, progress, tr.epochs, state.lr_scale)
+    bias_mult = mult if cfg.schedule.drop_bias_lr else lr_multiplier(cfg.schedule, progress, tr.epochs, drops=False)
     for group in loop.optimizer.param_groups:
-        group["lr"] = group["base_lr"] * mult
+        group["lr"] = group["base_lr"] * (bias_mult if group.get("is_bias") else mult)
     amp = autocast_dtype(tr.precision)
     device = images.device
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -278,10 +292,16 @@ def train_step(loop: Loop, images: torch.Tensor, labels: torch.Tensor, steps: in
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=tr.label_smoothing)
     if inject("loss", state.step + 1):
         loss = loss * float("nan")
+    if len(labels) > 1:  # one output for every image of the batch: the network ignores its input
+        same = (logits.detach() == logits.detach()[:1]).all()
+        loop.dead_steps = torch.where(same, loop.dead_steps + 1, torch.zeros_like(loop.dead_steps))
     if loop.check_every_step:
         raise_if_diverged(loss.item(), state)
+        raise_if_collapsed(loop)
     else:
         loop.nonfinite |= ~torch.isfinite(loss.detach())
+        if (state.step + 1) % tr.log_every == 0:  # an accelerator reads the counter only now and then
+            raise_if_collapsed(loop)
     loop.optimizer.zero_grad(set_to_none=True)
     loop.scaler.scale(loss).backward()
     loop.scaler.step(loop.optimizer)
@@ -298,6 +318,22 @@ def raise_if_diverged(loss: float, state: TrainState) -> None:
     if not math.isfinite(loss):
         raise DivergedError(f"training diverged: loss is {loss} at epoch {state.epoch + 1}, step {state.step + 1}; "
                             "the last good checkpoint is kept")
+
+
+def raise_if_collapsed(loop: Loop) -> None:
+    """The known trap, seen within `trainer.collapse_steps` steps of happening: every image gets the same output.
+    That state is absorbing: behind a ReLU that is dead for every input (all class maps, or a whole layer) no
+    gradient reaches the weights before it, so the loss stays at about ln C for good."""
+    steps, state = loop.cfg.trainer.collapse_steps, loop.state
+    if not steps or loop.dead_steps.item() < steps:
+        return
+    chance = math.log(loop.data.num_classes)
+    raise CollapsedError(
+        f"training collapsed at step {state.step - steps + 1}: every image has got the same output for {steps} "
+        f"steps (dead class maps or a dead layer; loss about ln {loop.data.num_classes} = {chance:.4f}, no gradient "
+        "reaches the weights); set trainer.collapse_restarts=N to restart with the next seed, or use a remedy: "
+        "schedule.warmup_epochs=1, model.final_relu=false, model.batch_norm=true", state.step - steps + 1,
+        loop.cfg.trainer.seed)
 
 
 def log_step(loop: Loop, loss: torch.Tensor, mult: float, images_per_s: float) -> None:
@@ -391,7 +427,7 @@ def end_epoch(loop: Loop, train: dict[str, float], epoch_start: float) -> None:
     loop.sums = EpochSums.zeros(loop.nonfinite.device)
     save_checkpoints(loop, best=improved)
     if collapsed:
-        raise collapse_error(state, train, data.num_classes)
+        raise collapse_error(state, train, data.num_classes, cfg.trainer.seed)
 
 
 def train_epochs(loop: Loop) -> None:
@@ -431,12 +467,13 @@ def count_chance_epochs(state: TrainState, cfg: NinConfig, train: dict, num_clas
     return bool(cfg.trainer.collapse_epochs) and state.chance_epochs >= cfg.trainer.collapse_epochs
 
 
-def collapse_error(state: TrainState, train: dict, num_classes: int) -> DivergedError:
+def collapse_error(state: TrainState, train: dict, num_classes: int, seed: int) -> CollapsedError:
     chance_loss = math.log(num_classes)
-    return DivergedError(
+    return CollapsedError(
         f"training collapsed to chance: loss {train['loss']:.4f} ≈ ln {num_classes} = {chance_loss:.4f} for "
         f"{state.chance_epochs} epochs (dead class maps behind the final ReLU); try model.final_relu=false, "
-        "schedule.warmup_epochs=1 or model.batch_norm=true; the last checkpoint is kept")
+        "schedule.warmup_epochs=1 or model.batch_norm=true; the last checkpoint is kept",
+        state.step, seed)
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -448,6 +485,7 @@ def checkpoint_payload(loop: Loop) -> dict:
     (seed, epoch, step), recorded as `data_order`."""
     state, data = loop.state, loop.data
     loss, correct, seen = epoch_totals(loop)
+    state.dead_steps = int(loop.dead_steps)
     if loop.dist.enabled:  # each process's own RNGs (dropout masks differ between ranks) and epoch sums, in one
         # gather: resumed, each adds its remaining steps to its own sums in the uninterrupted run's order (float32
         # sums added in another order differ in the last bit)
@@ -558,6 +596,7 @@ def restore(path: Path, record: dict, loop: Loop) -> None:
     known = {f.name for f in fields(TrainState)}
     loop.state = TrainState(**{k: v for k, v in record["state"].items() if k in known})
     restore_epoch_sums(loop, record)
+    loop.dead_steps.fill_(loop.state.dead_steps)
     per_rank = record.get("rng_ranks") or []
     restore_rng(per_rank[loop.dist.rank] if len(per_rank) == loop.dist.world_size else record["rng"])
 
@@ -622,7 +661,8 @@ def setup(cfg: NinConfig, paths: RunPaths, stop: StopRequest, dist: Dist) -> Loo
         torch.manual_seed(tr.seed * 1_000_003 + dist.rank)
     loop = Loop(cfg, paths, data, model, model, build_optimizer(model, cfg.optim),
                 torch.amp.GradScaler(device.type, enabled=tr.precision == "fp16"), TrainState(),
-                EpochSums.zeros(device), NullWriter(), stop, torch.zeros((), dtype=torch.bool, device=device), dist)
+                EpochSums.zeros(device), NullWriter(), stop, torch.zeros((), dtype=torch.bool, device=device),
+                torch.zeros((), dtype=torch.long, device=device), dist)
     if dist.is_main:
         for path in remove_stale_temps(paths):
             log.info("removed %s, left by an interrupted write", path)
@@ -670,6 +710,62 @@ def fit(cfg: NinConfig, run_dir: Path, dist: Dist | None = None) -> dict | None:
     finally:
         shutdown(dist)
     return summary
+
+
+def train_run(cfg: NinConfig, run_dir: Path) -> dict:
+    """What every single-process training does in its run directory (`nin train`, sweep jobs, the table runner):
+    config.yaml and provenance.json, then `fit`. After a collapse, with `trainer.collapse_restarts=N`, the run starts
+    again from scratch with the next seed, at most N times; each restart is recorded in RUN/restarts.json (so a
+    resume continues the right attempt), summary.json and provenance.json."""
+    from nin_cli.hydra_app import record_provenance, write_run_files
+
+    restarts_file = run_dir / "restarts.json"
+    restarts = read_restarts(restarts_file)
+    first = None
+    while True:
+        attempt = replace(cfg, trainer=replace(cfg.trainer, seed=cfg.trainer.seed + len(restarts)))
+        first = first or attempt
+        write_run_files(attempt, run_dir, str(resolve_device(cfg.trainer.device)), start=attempt is first)
+        try:
+            summary = fit(attempt, run_dir)
+        except CollapsedError as err:
+            if len(restarts) >= cfg.trainer.collapse_restarts:
+                raise
+            restarts.append({"seed": err.seed, "collapsed_at_step": err.step})
+            log.warning("seed %d collapsed at step %d; restarting with seed %d (restart %d of at most %d)", err.seed,
+                        err.step, err.seed + 1, len(restarts), cfg.trainer.collapse_restarts)
+            clear_attempt(RunPaths(run_dir))
+            write_json(restarts_file, restarts)
+            record_provenance(run_dir, {"collapse_restarts": restarts})
+            continue
+        if restarts:
+            summary["collapse_restarts"] = restarts
+            write_json(RunPaths(run_dir).summary, summary)
+        return summary
+
+
+def read_restarts(path: Path) -> list[dict]:
+    import json
+
+    try:
+        restarts = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: unreadable ({' '.join(str(err).split())[:120]}); repair or remove it") from None
+    if not isinstance(restarts, list) or not all(isinstance(r, dict) and isinstance(r.get("seed"), int)
+                                                 for r in restarts):
+        raise DataError(f"{path}: not a list of restarts; repair or remove it")
+    return restarts
+
+
+def clear_attempt(paths: RunPaths) -> None:
+    """What a collapsed attempt left (checkpoints, metrics, TensorBoard events): the next seed starts afresh."""
+    import shutil
+
+    for folder in (paths.checkpoints, paths.tb):
+        shutil.rmtree(folder, ignore_errors=True)
+    paths.metrics.unlink(missing_ok=True)
 
 
 def finish(loop: Loop, wall_time: float) -> dict:

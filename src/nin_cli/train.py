@@ -323,17 +323,19 @@ def raise_if_diverged(loss: float, state: TrainState) -> None:
 def raise_if_collapsed(loop: Loop) -> None:
     """The known trap, seen within `trainer.collapse_steps` steps of happening: every image gets the same output.
     That state is absorbing: behind a ReLU that is dead for every input (all class maps, or a whole layer) no
-    gradient reaches the weights before it, so the loss stays at about ln C for good."""
+    gradient reaches the weights before it, so the loss stays at about ln C for good. Called during step
+    `state.step + 1`, before the optimizer update."""
     steps, state = loop.cfg.trainer.collapse_steps, loop.state
-    if not steps or loop.dead_steps.item() < steps:
+    dead = int(loop.dead_steps.item()) if steps else 0
+    if not steps or dead < steps:
         return
+    first = state.step + 2 - dead
     chance = math.log(loop.data.num_classes)
     raise CollapsedError(
-        f"training collapsed at step {state.step - steps + 1}: every image has got the same output for {steps} "
-        f"steps (dead class maps or a dead layer; loss about ln {loop.data.num_classes} = {chance:.4f}, no gradient "
-        "reaches the weights); set trainer.collapse_restarts=N to restart with the next seed, or use a remedy: "
-        "schedule.warmup_epochs=1, model.final_relu=false, model.batch_norm=true", state.step - steps + 1,
-        loop.cfg.trainer.seed)
+        f"training collapsed at step {first}: every image has got the same output for {dead} steps (dead class maps "
+        f"or a dead layer; loss about ln {loop.data.num_classes} = {chance:.4f}, no gradient reaches the weights); "
+        "set trainer.collapse_restarts=N to restart with the next seed, or use a remedy: schedule.warmup_epochs=1, "
+        "model.final_relu=false, model.batch_norm=true", first, loop.cfg.trainer.seed)
 
 
 def log_step(loop: Loop, loss: torch.Tensor, mult: float, images_per_s: float) -> None:
@@ -730,7 +732,11 @@ def train_run(cfg: NinConfig, run_dir: Path) -> dict:
             summary = fit(attempt, run_dir)
         except CollapsedError as err:
             if len(restarts) >= cfg.trainer.collapse_restarts:
-                raise
+                if not restarts:
+                    raise
+                seeds = ", ".join(str(r["seed"]) for r in restarts)
+                raise CollapsedError(f"{err} [seed {err.seed} was the last restart; seeds {seeds} collapsed too, "
+                                     f"see {restarts_file}]", err.step, err.seed) from None
             restarts.append({"seed": err.seed, "collapsed_at_step": err.step})
             log.warning("seed %d collapsed at step %d; restarting with seed %d (restart %d of at most %d)", err.seed,
                         err.step, err.seed + 1, len(restarts), cfg.trainer.collapse_restarts)

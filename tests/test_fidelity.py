@@ -180,3 +180,19 @@ def test_table_check_passes_reproduced_rows_and_labels_budget_limited_ones(nin, 
     table = (tmp_path / "out" / "table.md").read_text()
     assert "1 of 1 seeds collapsed and was restarted" in table
     assert "not comparable" in table
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors"])
+def test_classic_dropout_exports_with_its_test_time_scale(nin, tmp_path, fmt):
+    """The eval graph carries the (1 − p) factor: each runtime agrees with the eager classic model, whose outputs
+    differ from the same weights under inverted dropout (so the factor is really in the graph)."""
+    run = tmp_path / "run"
+    assert nin("train", *FAST, "model.dropout_style=classic", f"hydra.run.dir={run}").code == 0
+    result = nin("export", str(run / "checkpoints" / "last.pt"), "--format", fmt)
+    assert result.code == 0, result.err
+    from nin_cli.checkpoint import load_trained
+
+    classic = load_trained(run / "checkpoints" / "last.pt", device="cpu")
+    inverted = load_trained(run / "checkpoints" / "last.pt", ["model.dropout_style=inverted"], device="cpu")
+    x = torch.randn(2, 3, 16, 16)
+    assert (classic.model(x) - inverted.model(x)).abs().max() > 1e-3

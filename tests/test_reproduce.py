@@ -10,7 +10,7 @@ import pytest
 
 from nin_cli import reproduce
 from nin_cli.config import load_config
-from nin_cli.errors import ConfigError, DataError, DivergedError
+from nin_cli.errors import CollapsedError, ConfigError, DataError, DivergedError
 from nin_cli.reproduce import finished, plan, run_one, smoke_subset
 
 
@@ -32,7 +32,7 @@ def test_full_budget_plans_three_seeds_of_every_trainable_row_on_train_plus_val(
     first = runs[0]
     assert first.run_dir == tmp_path / "full" / "official" / "paper_cifar10" / "seed0"
     assert first.overrides == ["experiment=paper_cifar10", "dataset.train_on=train+val", "trainer.seed=0",
-                               f"hydra.run.dir={first.run_dir}"]
+                               "trainer.collapse_restarts=2", f"hydra.run.dir={first.run_dir}"]
     assert first.meta["data"] == "CIFAR-10 (official files)" and first.meta["comparable"]
     assert first.command.startswith("nin train experiment=paper_cifar10 dataset.train_on=train+val")
 
@@ -80,7 +80,7 @@ def test_bad_budget_rows_or_tree_are_refused(tmp_path):
 
 @pytest.mark.parametrize("error, status, done", [
     (DataError("mnist: train-images-idx3-ubyte not found"), "no_data", False),
-    (DivergedError("training collapsed to chance: loss 2.3026 ≈ ln 10 for 5 epochs"), "collapsed", True),
+    (CollapsedError("training collapsed to chance: loss 2.3026 ≈ ln 10 for 5 epochs", 100, 0), "collapsed", True),
     (DivergedError("training diverged: loss is nan at epoch 3"), "diverged", True),
 ])
 def test_outcomes_are_recorded_and_only_missing_data_is_retried(tmp_path, monkeypatch, error, status, done):

@@ -167,3 +167,133 @@ def test_bad_sweeps_exit_2_before_anything_runs(nin, tmp_path, monkeypatch):
                         lambda self, *a, **k: [o for o in options(self, *a, **k) if o != "joblib"])
     missing = nin("sweep", "hydra/launcher=joblib", "head=gap,fc")
     assert missing.code == 2 and "pip install -e '.[sweep]'" in missing.err_lines[-1]
+
+
+# ------------------------------------------------------------------ seeds aggregated in the summary (fabricated)
+
+
+def fake_job(sweep: Path, job: str, overrides: list[str], summary: dict | None = None,
+             failure: str | None = None) -> Path:
+    """A sweep job directory as `nin sweep` leaves it: .hydra/overrides.yaml, then summary.json or failure.json."""
+    run = sweep / job
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if summary is not None:
+        (run / "summary.json").write_text(json.dumps({"params": 1000, "epochs": 3, "stopped_early": False,
+                                                      "device": "cpu", **summary}))
+    if failure is not None:
+        (run / "failure.json").write_text(json.dumps({"reason": failure, "exit_code": 5}))
+    return run
+
+
+@pytest.fixture
+def seeded_sweep(tmp_path) -> Path:
+    """model.dropout=0,0.5 × trainer.seed=0,1,2; dropout 0.5's seed 2 diverged, its seed 1 has no validation."""
+    sweep = tmp_path / "sweep"
+    numbers = {("0", 0): (9.3, 10.3, 100.0), ("0", 1): (9.5, 10.5, 110.0), ("0", 2): (9.7, 10.7, 120.0),
+               ("0.5", 0): (11.0, 12.0, 200.0), ("0.5", 1): (None, 13.0, 210.0)}
+    job = 0
+    for dropout in ("0", "0.5"):
+        for seed in range(3):
+            overrides = ["dataset=synthetic", f"model.dropout={dropout}", f"trainer.seed={seed}"]
+            values = numbers.get((dropout, seed))
+            if values is None:
+                fake_job(sweep, str(job), overrides, failure="training diverged at step 3")
+            else:
+                val, test, wall = values
+                fake_job(sweep, str(job), overrides, {"best_val_error": val, "test_error": test, "wall_time_s": wall,
+                                                      "seed": seed})
+            job += 1
+    return sweep
+
+
+def seed_groups_of(sweep: Path) -> list:
+    from nin_cli.sweep import read_summary
+
+    return read_summary(sweep)[1]
+
+
+def seed_rows(sweep: Path) -> dict[str, dict]:
+    with open(sweep / "summary_seeds.csv", newline="") as f:
+        return {r["overrides"]: r for r in csv.DictReader(f)}
+
+
+def test_summary_groups_jobs_that_differ_only_in_the_seed(seeded_sweep):
+    from nin_cli.sweep import write_summary
+
+    rows = write_summary(seeded_sweep)
+    assert [r.seed for r in rows] == ["0", "1", "2"] * 2 and rows[5].status == "failed"
+    groups = seed_groups_of(seeded_sweep)
+    assert [(g.label, g.jobs, g.seeds, len(g.done)) for g in groups] == [
+        ("model.dropout=0", "0 1 2", "0 1 2", 3), ("model.dropout=0.5", "3 4 5", "0 1 2", 2)]
+    mean, std, n = groups[0].stats("test_error")
+    assert (mean, std, n) == (pytest.approx(10.5), pytest.approx(0.2), 3)
+    assert groups[0].stats("wall_time_s") == (pytest.approx(110.0), pytest.approx(10.0), 3)
+    assert groups[1].stats("test_error") == (pytest.approx(12.5), pytest.approx(0.70710678), 2)
+    assert groups[1].stats("best_val_error") == (pytest.approx(11.0), None, 1)  # one seed: no std
+
+    csv_rows = seed_rows(seeded_sweep)
+    assert list(csv_rows) == ["model.dropout=0", "model.dropout=0.5"]
+    zero, half = csv_rows["model.dropout=0"], csv_rows["model.dropout=0.5"]
+    assert (zero["n_jobs"], zero["n_done"], zero["seeds"], zero["jobs"]) == ("3", "3", "0 1 2", "0 1 2")
+    assert float(zero["best_val_error_mean"]) == pytest.approx(9.5)
+    assert float(zero["best_val_error_std"]) == pytest.approx(0.2) and zero["best_val_error_n"] == "3"
+    assert float(zero["params_mean"]) == 1000 and float(zero["params_std"]) == 0
+    assert (half["n_done"], half["best_val_error_std"], half["best_val_error_n"]) == ("2", "", "1")
+    assert "seed_mean" not in zero and "stopped_early_mean" not in zero  # the seed and flags are not metrics
+
+    markdown = (seeded_sweep / "summary.md").read_text()
+    assert "## Over seeds" in markdown
+    assert "| model.dropout=0 | 0 1 2 | 3 | 9.50 ± 0.20 | 10.50 ± 0.20 | 110.0 ± 10.0 | 0 1 2 |" in markdown
+    assert "| model.dropout=0.5 | 0 1 2 | 2 | 11.00 (n=1) | 12.50 ± 0.71 | 205.0 ± 7.1 | 3 4 5 |" in markdown
+    assert "- model.dropout=0.5: 1 of 3 jobs failed; not in the statistics" in markdown
+    assert "Best on validation over seeds: `model.dropout=0` (jobs 0 1 2), 9.50 ± 0.20%." in markdown
+
+
+def test_summary_command_prints_the_seed_table(nin, seeded_sweep):
+    result = nin("sweep", "--summary", str(seeded_sweep))
+    assert result.code == 0, result.err
+    assert "over seeds" in result.out and "10.50 ± 0.20" in result.out and "12.50 ± 0.71" in result.out
+    assert "1 of 3 jobs failed; not in the statistics" in result.out
+    assert (seeded_sweep / "summary_seeds.csv").is_file() and len(summary_rows(seeded_sweep)) == 6
+
+
+def test_a_sweep_without_seeds_lists_each_job_alone(tmp_path):
+    from nin_cli.sweep import write_summary
+
+    sweep = tmp_path / "sweep"
+    for job, head in enumerate(("gap", "fc")):
+        fake_job(sweep, str(job), [f"head={head}", "trainer.seed=3"], {"best_val_error": 5.0 + job,
+                                                                        "test_error": 6.0 + job, "seed": 3})
+    write_summary(sweep)
+    rows = seed_rows(sweep)
+    assert list(rows) == ["head=gap", "head=fc"]
+    assert rows["head=fc"]["test_error_mean"] == "7.0" and rows["head=fc"]["test_error_std"] == ""
+    assert "## Over seeds" not in (sweep / "summary.md").read_text()  # nothing aggregated: no second table
+
+
+def test_only_the_seed_swept_is_one_group(tmp_path):
+    from nin_cli.sweep import write_summary
+
+    sweep = tmp_path / "sweep"
+    for seed, error in enumerate((20.0, 22.0, 27.0)):
+        fake_job(sweep, str(seed), ["dataset=synthetic", f"+trainer.seed={seed}"], {"test_error": error})
+    write_summary(sweep)
+    (group,) = seed_groups_of(sweep)
+    assert group.label == "all jobs" and group.seeds == "0 1 2"
+    assert group.stats("test_error") == (pytest.approx(23.0), pytest.approx(3.60555128), 3)
+
+
+def test_seed_statistics_are_the_paper_tables():
+    from nin_cli.report import Line, Row, RunRecord
+    from nin_cli.sweep import group_by_seed, mean_std
+
+    values = [10.3, 10.5, 10.9]
+    line = Line(Row("x", "T", "x", 10.0, "cifar10"), runs=[RunRecord(Path("."), "x", "done", v) for v in values])
+    assert mean_std(values) == (line.mean, line.std) == (pytest.approx(10.5666667), pytest.approx(0.30550505))
+    assert mean_std([4.0]) == (4.0, None) and mean_std([]) == (None, None)
+    configs = [{"model.dropout": 0.5, "trainer.seed": 0, "resume": None},
+               {"model.dropout": 0.5, "trainer.seed": 1, "resume": "/runs/b/checkpoints/last.pt"},
+               {"model.dropout": 0.0, "trainer.seed": 0, "resume": None},
+               {"model.dropout": 0.5, "trainer.seed": 2, "dataset.image_shape": [3, 8, 8]}]
+    assert group_by_seed(list(range(4)), lambda i: configs[i]) == [[0, 1], [2], [3]]

@@ -110,7 +110,7 @@ def test_budget_filter_and_shares(nin, runs, tmp_path):
     (["--budget", "huge"], 2, "--budget huge: must be one of"),
     (["--rows", "paper_cifar10"], 2, "add --run"),
     (["--run", "--rows", "paper_cifar11"], 2, "--rows: no row paper_cifar11"),
-    (["--run", "--budget", "long"], 2, "--budget long: must be one of full, short, smoke"),
+    (["--run", "--budget", "long"], 2, "--budget long: must be one of full, short, cpu, smoke"),
 ])
 def test_bad_table_invocations_exit_with_one_line(nin, tmp_path, args, code, needle):
     result = nin("table", *args, "--out", str(tmp_path / "r"))

@@ -8,10 +8,13 @@ in zip metadata no reader checks — is caught before the file is unpickled.
 
 `load_checkpoint` is the one way any command reads a checkpoint; `load_trained` adds the model on top of it.
 Checks, cheapest and safest first, all before torch allocates or unpickles anything: size and kind of file
-(empty, git-LFS pointer, HTML, safetensors, raw pickle, not a zip) → archive kind (TorchScript, torch.export
-program, plain zip) → declared entry sizes against the file's → CRC of every entry → every global the pickle
-imports against an allow-list (no code runs: opcodes are only read) → the byte seal → `torch.load` with
-weights_only=True (whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says) → format, version and content hash.
+from its first bytes (empty, git-LFS pointer, HTML, safetensors, raw pickle, not a zip: such a file is never read
+past its first MiB, and at most 16 raw pickles are scanned) → the zip's end record, entry count (≤ 10,000) and
+directory size → archive kind (TorchScript, torch.export program, plain zip) → declared entry sizes against the
+file's and the pickle's size (≤ 16 MiB), all from the directory before the whole file is read → CRC of every entry
+→ every global the pickle imports against an allow-list (no code runs: opcodes are only read) → the byte seal →
+`torch.load` with weights_only=True (whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says) → format, version and content
+hash. `load_trained` adds: no NaN or inf in the weights, and a stored config that rebuilds the stored weights.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import os
 import pickle
 import pickletools
 import re
+import stat
+import struct
 import zipfile
 from collections import deque
 from collections.abc import Iterator
@@ -34,7 +39,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from nin_cli.errors import ConfigError, DataError, UnsafeFileError
+from nin_cli.errors import ConfigError, DataError, NinError, UnsafeFileError
 from nin_cli.faults import inject
 
 FORMAT = "nin-checkpoint"
@@ -43,6 +48,11 @@ SEAL_TAG = b"nin-sha256:"
 SEAL_LEN = len(SEAL_TAG) + 64
 MAX_BYTES = 4 << 30  # far above any NIN (the ImageNet one with optimizer state is ~0.1 GB)
 EOCD = b"PK\x05\x06"
+HEAD_BYTES = 1 << 20  # what is read of a file that does not start as a zip: its kind shows in its first bytes
+MAX_RAW_PICKLES = 16  # a legacy torch file is five pickles, then raw bytes
+MAX_ENTRIES = 10_000  # a nin checkpoint's archive holds about a hundred (one per tensor storage)
+MAX_DIRECTORY_BYTES = 4 << 20  # the zip's central directory: ~100 bytes per entry
+MAX_PICKLE_BYTES = 16 << 20  # data.pkl: the tensors are other entries, so it is tens of kB (scanned ~10 MB/s)
 # Everything a nin checkpoint's pickle may import; tensors' storage types are matched by SAFE_STORAGE.
 SAFE_GLOBALS = {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
                 "_codecs.encode", "builtins.set", "builtins.frozenset", "__builtin__.set", "__builtin__.frozenset",
@@ -138,56 +148,100 @@ def load_checkpoint(path: str | Path) -> dict:
     """
     path = Path(path)
     data = _read_bounded(path)
-    _refuse_other_kinds(path, data)
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except Exception as err:  # noqa: BLE001 - whatever the zip reader trips on (also NotImplementedError) is damage
-        raise DataError(f"{path}: corrupt or truncated archive ({_short(err)})") from None
+    archive = _open_archive(path, data)
     with archive:
         pickle_name = _classify_archive(path, archive.namelist())
         _check_declared_sizes(path, archive, len(data))
+        _check_pickle_size(path, archive.getinfo(pickle_name))
         _check_crc(path, archive)
         _check_globals(path, archive.read(pickle_name))
     _check_seal(path, data)
     return _check_record(path, _torch_load(path, data))
 
 
+def _open_archive(path: Path, data: bytes | BinaryIO) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
+    except Exception as err:  # noqa: BLE001 - whatever the zip reader trips on (also NotImplementedError) is damage
+        raise DataError(f"{path}: corrupt or truncated archive ({_short(err)})") from None
+
+
 def _read_bounded(path: Path) -> bytes:
-    if not path.exists():
-        raise DataError(f"{path}: no such checkpoint file")
-    if not path.is_file():
+    """The file's bytes, after what can be refused without reading them all: its kind from its first bytes (a
+    file that is not a zip is never read past HEAD_BYTES), then the zip's end record, entry count and directory,
+    the entries' names and declared sizes and the pickle's size (read from the directory alone)."""
+    try:
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataError(f"{path}: no such checkpoint file") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read it ({err.strerror or err})") from None
+    if not stat.S_ISREG(info.st_mode):
         raise DataError(f"{path}: not a regular file, not a checkpoint")
-    size = path.stat().st_size
+    size = info.st_size
     if size == 0:
         raise DataError(f"{path}: empty file, not a checkpoint")
     if size > MAX_BYTES:
         raise DataError(f"{path}: {size / 2**30:.1f} GiB, too large for a nin checkpoint (limit "
                         f"{MAX_BYTES / 2**30:.0f} GiB); refused before reading it")
     try:
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+            if not head.startswith(b"PK\x03\x04"):
+                _refuse_other_kinds(path, head, size)
+            f.seek(max(0, size - (65536 + 22 + 20 + 56)))  # the end record, its comment, the zip64 records
+            _check_directory(path, f.read())
+            f.seek(0)
+            with _open_archive(path, f) as archive:  # reads the central directory only
+                name = _classify_archive(path, archive.namelist())
+                _check_declared_sizes(path, archive, size)
+                _check_pickle_size(path, archive.getinfo(name))
+            f.seek(0)
+            return f.read()
     except OSError as err:
         raise DataError(f"{path}: cannot read it ({err.strerror or err})") from None
 
 
-def _refuse_other_kinds(path: Path, data: bytes) -> None:
-    """Name the common wrong files by their first bytes; anything else that is not a zip is 'not a checkpoint'."""
-    head = data[:512].lstrip()
-    if head.startswith(b"version https://git-lfs"):
+def _refuse_other_kinds(path: Path, head: bytes, size: int) -> None:
+    """Name the common wrong files by their first bytes (`head`, the first HEAD_BYTES of a file of `size`
+    bytes that does not start as a zip); anything else is 'not a checkpoint'. Always raises."""
+    start = head[:512].lstrip()
+    if start.startswith(b"version https://git-lfs"):
         raise DataError(f"{path}: a git-LFS pointer, not the checkpoint; run `git lfs pull` to fetch it")
-    if head[:15].lower().startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+    if start[:15].lower().startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
         raise DataError(f"{path}: an HTML/XML page, not a checkpoint (a failed download? fetch the file itself)")
-    if len(data) > 8 and data[8:10] in (b'{"', b"{ ") and int.from_bytes(data[:8], "little") < len(data):
+    if len(head) > 8 and head[8:10] in (b'{"', b"{ ") and int.from_bytes(head[:8], "little") < size:
         raise DataError(f"{path}: a safetensors file (weights only, no config), not a nin checkpoint")
-    if not data.startswith(b"PK\x03\x04"):
-        imports = _raw_pickle_globals(data)
-        if imports is not None:
-            _refuse_unsafe(path, imports)  # exit 4 when it would import code; nothing is unpickled
-        if imports is not None and data[:1] == b"\x80":
-            raise DataError(f"{path}: a raw pickle or legacy torch file, not a nin checkpoint (nin writes zip "
-                            "archives)")
-        raise DataError(f"{path}: not a checkpoint (not a PyTorch archive: another kind of file)")
-    if EOCD not in data[-(65536 + 22):]:
+    imports = _raw_pickle_globals(head, complete=len(head) == size)
+    if imports is not None:
+        _refuse_unsafe(path, imports)  # exit 4 when it would import code; nothing is unpickled
+    if imports is not None and head[:1] == b"\x80":
+        raise DataError(f"{path}: a raw pickle or legacy torch file, not a nin checkpoint (nin writes zip "
+                        "archives)")
+    raise DataError(f"{path}: not a checkpoint (not a PyTorch archive: another kind of file)")
+
+
+def _check_directory(path: Path, tail: bytes) -> None:
+    """The zip's end record (and zip64 record) from the file's `tail`: there at all, and an entry count and
+    central directory small enough that reading them costs nothing (a nin checkpoint has ~100 entries)."""
+    at = tail.rfind(EOCD)
+    if at < 0 or len(tail) - at < 22:
         raise DataError(f"{path}: truncated PyTorch archive (its end record is missing): the file is incomplete")
+    entries, directory = struct.unpack("<HI", tail[at + 10:at + 16])
+    locator = at - 20
+    record = locator - 56  # zip64: its end record, then its locator, just before the plain end record
+    if record >= 0 and tail[locator:locator + 4] == b"PK\x06\x07" and tail[record:record + 4] == b"PK\x06\x06":
+        entries64, directory64 = struct.unpack("<QQ", tail[record + 32:record + 48])
+        entries, directory = max(entries, entries64), max(directory, directory64)
+    if entries > MAX_ENTRIES or directory > MAX_DIRECTORY_BYTES:
+        raise DataError(f"{path}: an archive of {entries:,} entries ({directory:,} bytes of directory), far more "
+                        f"than a nin checkpoint holds (at most {MAX_ENTRIES:,}); refused before reading it")
+
+
+def _check_pickle_size(path: Path, info: zipfile.ZipInfo) -> None:
+    if info.file_size > MAX_PICKLE_BYTES:
+        raise DataError(f"{path}: its pickle {info.filename!r} is {info.file_size:,} bytes, far more than a nin "
+                        f"checkpoint's (at most {MAX_PICKLE_BYTES:,}); refused before reading it")
 
 
 def _check_declared_sizes(path: Path, archive: zipfile.ZipFile, total: int) -> None:
@@ -225,13 +279,14 @@ def _check_crc(path: Path, archive: zipfile.ZipFile) -> None:
         raise DataError(f"{path}: corrupt archive: entry {bad!r} fails its CRC check (the file was damaged)")
 
 
-def pickle_globals(data: bytes | BinaryIO) -> list[str]:
-    """Every 'module.name' a pickle imports, read from its opcodes without running any of them.
+def pickle_globals(data: bytes | BinaryIO, found: list[str] | None = None) -> list[str]:
+    """Every 'module.name' a pickle imports, read from its opcodes without running any of them (appended to
+    `found` as they are read, so a caller keeps those before a malformed or cut-off opcode).
 
     STACK_GLOBAL takes its names from the two strings pushed before it; when those are not plain string opcodes
     the import cannot be read, which the caller treats as unsafe. Raises ValueError on a malformed pickle.
     """
-    found: list[str] = []
+    found = [] if found is None else found
     strings: deque[str | None] = deque(maxlen=2)  # the last two values pushed, when they are strings
     memo: dict[Any, str | None] = {}
     for op, arg, _ in pickletools.genops(data):
@@ -256,16 +311,22 @@ def pickle_globals(data: bytes | BinaryIO) -> list[str]:
     return found
 
 
-def _raw_pickle_globals(data: bytes) -> list[str] | None:
+def _raw_pickle_globals(data: bytes, complete: bool = True) -> list[str] | None:
     """Imports of the pickles at the start of a non-zip file (legacy torch files are several in a row, then raw
-    bytes); None when the file does not even start with a pickle."""
+    bytes), at most MAX_RAW_PICKLES of them; None when the file does not even start with a pickle. `data` may be
+    only the file's head (`complete` False): the imports read before its cut are kept."""
     stream, found = io.BytesIO(data), []
-    while stream.tell() < len(data):
-        start = stream.tell()
+    for _ in range(MAX_RAW_PICKLES):
+        if stream.tell() >= len(data):
+            break
+        start, partial = stream.tell(), []
         try:
-            found += pickle_globals(stream)
+            pickle_globals(stream, partial)
         except Exception:  # noqa: BLE001 - the end of the pickles, or no pickle at all
+            if not complete and stream.tell() >= len(data) - 16:  # a pickle cut off by the head's end
+                return found + partial
             return found if start else None
+        found += partial
     return found
 
 
@@ -362,8 +423,8 @@ def checkpoint_config(stored: dict, overrides: list[str]) -> Any:
     check_overrides(overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as err:
-        raise ConfigError(f"bad override: {' '.join(str(err).split())}") from None
+    except (HydraException, RecursionError) as err:
+        raise ConfigError(f"bad override: {' '.join(str(err).split())[:300] or 'nested too deeply'}") from None
     for o in parsed:
         if o.is_delete():
             raise ConfigError(f"'{o.input_line}': removing keys does not apply to a trained model's config")
@@ -381,6 +442,16 @@ def checkpoint_config(stored: dict, overrides: list[str]) -> Any:
     return to_config(OmegaConf.to_container(tree))
 
 
+def _refuse_non_finite(path: Path, state: dict) -> None:
+    """Weights or buffers with NaN or inf give meaningless outputs (training never saves them: a file that has
+    them was damaged or made elsewhere)."""
+    bad = [name for name, t in state.items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise DataError(f"{path}: non-finite weights (NaN or inf in {bad[0]}{more}); the file is not a usable model")
+
+
 def load_trained(path: str | Path, overrides: list[str] | tuple[str, ...] = (), device: str | None = None
                  ) -> Trained:
     """Rebuild the model from a checkpoint alone (through `load_checkpoint`), in eval mode on `device`
@@ -394,13 +465,34 @@ def load_trained(path: str | Path, overrides: list[str] | tuple[str, ...] = (), 
     if not isinstance(record.get("config"), dict) or not isinstance(record.get("model"), dict) or not (
             isinstance(data, dict) and {"classes", "image_shape", "preprocessing"} <= set(data)):
         raise DataError(f"{path}: a nin checkpoint without its config, weights or data description")
-    cfg = checkpoint_config(record["config"], list(overrides))
-    classes, shape = list(data["classes"]), list(data["image_shape"])
+    _refuse_non_finite(path, record["model"])
     try:
-        model = build_model(cfg.model, cfg.head, shape, len(classes))
+        cfg = checkpoint_config(record["config"], list(overrides))
+    except ConfigError as err:
+        if overrides:
+            raise
+        raise DataError(f"{path}: its stored config is not valid ({err})") from None
+    classes, shape = list(data["classes"]), list(data["image_shape"])
+
+    def rebuild(model_cfg: Any, head_cfg: Any) -> Any:
+        model = build_model(model_cfg, head_cfg, shape, len(classes))
         model.load_state_dict(record["model"])
-    except (RuntimeError, ValueError) as err:
-        hint = "the overrides change the model" if overrides else "its config does not match its weights"
-        raise ConfigError(f"{path}: cannot rebuild the model ({hint}: {_short(err)})") from None
+        return model
+
+    try:
+        model = rebuild(cfg.model, cfg.head)
+    except (RuntimeError, ValueError, TypeError) as err:
+        problem = _short(err)
+        try:  # whose fault: the command line's (exit 2) only when the stored config fits the weights
+            stored = checkpoint_config(record["config"], []) if overrides else None
+            if stored is not None:
+                rebuild(stored.model, stored.head)
+        except (NinError, RuntimeError, ValueError, TypeError):
+            stored = None
+        if stored is not None:
+            raise ConfigError(f"{path}: cannot rebuild the model (the overrides change the model: {problem})"
+                              ) from None
+        raise DataError(f"{path}: cannot rebuild the model (its config does not match its weights: {problem}); "
+                        "the file is not what it claims") from None
     target = torch.device(device) if device else resolve_device(cfg.trainer.device)
     return Trained(path, cfg, model.to(target).eval(), classes, shape, data["preprocessing"], record)

@@ -121,7 +121,8 @@ def data(ctx: typer.Context,
 
 @app.command("eval", context_settings=OVERRIDES)
 def eval_(ctx: typer.Context,
-          checkpoint: Path = typer.Argument(..., metavar="CKPT", help="A nin checkpoint (RUN/checkpoints/best.pt)."),
+          checkpoint: Path = typer.Argument(..., metavar="CKPT", readable=False,
+                                            help="A nin checkpoint (RUN/checkpoints/best.pt)."),
           split: str = typer.Option("test", "--split", help="test | val | train"),
           as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
           tta: bool = typer.Option(False, "--tta", help="Average the softmax over each image and its mirror."),
@@ -136,7 +137,7 @@ def eval_(ctx: typer.Context,
 
 
 @app.command()
-def export(checkpoint: Path = typer.Argument(..., metavar="CKPT", help="A nin checkpoint."),
+def export(checkpoint: Path = typer.Argument(..., metavar="CKPT", readable=False, help="A nin checkpoint."),
            fmt: str = typer.Option(..., "--format", help="onnx | torchscript | exported-program | safetensors"),
            out: Path | None = typer.Option(None, "--out", metavar="PATH",
                                            help="Output file (default: next to CKPT); the sidecar is PATH.json.")
@@ -148,7 +149,8 @@ def export(checkpoint: Path = typer.Argument(..., metavar="CKPT", help="A nin ch
 
 
 @app.command()
-def cam(checkpoint: Path = typer.Argument(..., metavar="CKPT", help="A nin checkpoint with the gap head."),
+def cam(checkpoint: Path = typer.Argument(..., metavar="CKPT", readable=False,
+                                         help="A nin checkpoint with the gap head."),
         images: list[Path] | None = typer.Argument(None, metavar="IMAGE...",
                                                    help="Image files (resized to the model's)."),
         top: int = typer.Option(3, "--top", min=1, help="Maps of the K most probable classes per image."),
@@ -202,6 +204,39 @@ def table(run_dirs: list[Path] | None = typer.Argument(None, metavar="RUN_DIRS",
             raise CheckFailed(f"{len(failed)} row(s) not reproduced: " + "; ".join(failed))
 
 
+@app.command()
+def compare(run_dirs: list[Path] = typer.Argument(..., metavar="RUN",
+                                                  help="Two or more run directories; deltas are from the first."),
+            as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """What differs between runs: config keys, summary.json metrics with deltas from the first run, provenance
+    (git commit and dirty flag, package versions, Python, device)."""
+    from nin_cli.compare import compare_runs, render_compare
+
+    result = compare_runs(run_dirs)
+    if as_json:
+        print(json.dumps(result))
+        return
+    from rich.console import Console
+
+    render_compare(result, Console(width=None if sys.stdout.isatty() else 150))  # piped: don't fold at 80
+
+
+@app.command()
+def plot(paths: list[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP",
+                                            help="Run directories, or sweep directories (all their jobs)."),
+         out: Path | None = typer.Option(None, "--out", metavar="PNG",
+                                         help="The PNG to write (default: curves.png in the one directory given, "
+                                              "else in the current one)."),
+         x: str = typer.Option("epoch", "--x", metavar="epoch|minutes",
+                               help="The x axis: epochs, or minutes of training (summed epoch_time_s).")) -> None:
+    """Learning curves (training loss, validation error, lr) from metrics.jsonl; runs that differ only in
+    trainer.seed are one line, the mean, with mean ± std shaded."""
+    from nin_cli.plots import default_plot_path, plot_runs
+
+    written = plot_runs(paths, out or default_plot_path(paths), x)
+    print(f"wrote {written}")
+
+
 @app.command(context_settings=OVERRIDES)
 def bench(ctx: typer.Context,
           as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -235,11 +270,12 @@ def bench(ctx: typer.Context,
         print(profile_nin_step(cfg, opts), file=sys.stderr if as_json else sys.stdout)
 
 
-def _crash_log() -> Path:
-    path = Path("outputs") / f"crash-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(traceback.format_exc())
-    return path
+def _crash_log() -> str:
+    """Save the traceback of the bug being handled: outputs/crash-*.log, else the temp directory; the words for
+    the one line on screen (never a second traceback when neither can be written)."""
+    from nin_cli.errors import save_traceback
+
+    return save_traceback(Path("outputs") / f"crash-{time.strftime('%Y%m%d-%H%M%S')}.log", traceback.format_exc())
 
 
 def main() -> None:
@@ -268,7 +304,7 @@ def main() -> None:
         print("nin: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:  # a bug: the traceback goes to a file, one line on screen
-        line = f"internal error ({type(err).__name__}); traceback in {_crash_log()}"
+        line = f"internal error ({type(err).__name__}); {_crash_log()}"
         report_failure(line, 1)
         print(f"nin: {line}", file=sys.stderr)
         sys.exit(1)

@@ -31,6 +31,8 @@ def _list(*items: Any) -> Any:
     return field(default_factory=lambda: list(items))
 
 
+SEED_MAX = 2**32 - 1
+INT_MAX = 2**63 - 1  # what torch and NumPy take as an integer
 DATASETS = ("cifar10", "cifar100", "svhn", "mnist", "imagefolder", "digits", "synthetic")
 
 
@@ -41,7 +43,7 @@ class DatasetConfig:
     download: bool = False
     # Shape and class count as the model sees them; null means "as the dataset's files say".
     image_shape: list[int] | None = None
-    num_classes: int | None = None
+    num_classes: int | None = _range(None, lo=1)
     val_size: int = _range(10000, lo=0)  # images taken from the END of train as validation (paper §4.1)
     train_on: str = _choice("train", "train", "train+val")
     preprocessing: str = _choice("mean_std", "none", "mean_std", "mean_image", "gcn_zca", "gcn_lcn")
@@ -134,7 +136,7 @@ class TrainerConfig:
     channels_last: bool = True
     compile: bool = False
     num_threads: int | None = _range(None, lo=1)
-    seed: int = _range(0, lo=0)
+    seed: int = _range(0, lo=0, hi=SEED_MAX)  # NumPy's seeds are 32-bit
     deterministic: bool = False
     label_smoothing: float = _range(0.0, lo=0, hi=1)
     log_every: int = _range(50, lo=1)  # steps between TensorBoard step scalars (and host syncs)
@@ -146,6 +148,10 @@ class TrainerConfig:
     progress: str = _choice("auto", "auto", "rich", "plain", "none")
     checkpoint_every_steps: int | None = _range(None, lo=1)  # also save last.pt mid-epoch; null: at epoch ends
     devices: int = _range(1, lo=1)  # processes (one per GPU): DDP through torch.distributed.run (README, "Scaling out")
+    # Both end with a normal summary (exit 0) that says why (summary.json `stopped_because`):
+    max_time: float | None = _range(None, lo=0, lo_open=True)  # seconds of training, resumes included; null: none
+    early_stop_patience: int = _range(0, lo=0)  # stop after this many epochs without a better val error; 0: never
+    progress_every_s: float = _range(30.0, lo=0, lo_open=True)  # trainer.progress=plain: a line this often
 
 
 @dataclass
@@ -223,10 +229,12 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             return value
         raise bad
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > INT_MAX:
+                raise ConfigError(f"{path}={value}: out of range, an integer must fit in 64 bits")
+            return value
         raise bad
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -269,6 +277,8 @@ def _build(cls: type, node: dict, path: str) -> Any:
             if f.default is MISSING and f.default_factory is MISSING:
                 raise ConfigError(f"{sub} is missing: expected {_type_name(hints[f.name])}")
             continue
+        if type(node[f.name]) is int and int in (hints[f.name], *typing.get_args(hints[f.name])):
+            _check_metadata(f, node[f.name], sub)  # an integer field's own range before the 64-bit limit
         value = _coerce(hints[f.name], node[f.name], sub)
         _check_metadata(f, value, sub)
         kwargs[f.name] = value
@@ -296,14 +306,43 @@ def _check_consistency(cfg: NinConfig) -> None:
         raise ConfigError("dataset.train_on=train+val needs dataset.val_size > 0 (there is no val split to add)")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas={cfg.optim.betas}: expected two numbers")
-    if cfg.dataset.image_shape is not None and len(cfg.dataset.image_shape) != 3:
-        raise ConfigError(f"dataset.image_shape={cfg.dataset.image_shape}: expected [channels, height, width]")
+    shape = cfg.dataset.image_shape
+    if shape is not None and len(shape) != 3:
+        raise ConfigError(f"dataset.image_shape={shape}: expected [channels, height, width]")
+    if shape is not None and min(shape) < 1:
+        raise ConfigError(f"dataset.image_shape={shape}: channels, height and width must each be >= 1")
+    if shape is not None:
+        _check_fits(cfg.model, shape)
+    if cfg.trainer.seed + cfg.trainer.collapse_restarts > SEED_MAX:
+        raise ConfigError(f"trainer.seed={cfg.trainer.seed}: with trainer.collapse_restarts="
+                          f"{cfg.trainer.collapse_restarts} the seeds run past {SEED_MAX} (NumPy's limit)")
     devices = cfg.trainer.devices
     if devices > 1 and cfg.trainer.batch_size % devices:
         raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is the global batch: it must divide evenly "
                           f"over trainer.devices={devices}")
     if devices > 1 and cfg.trainer.device == "mps":
         raise ConfigError("trainer.devices > 1 needs CUDA (NCCL) or the CPU (gloo); MPS has no distributed backend")
+
+
+def _check_fits(model: ModelConfig, shape: list[int]) -> None:
+    """Each block's k×k layer and pooling leave at least one pixel: the sizes torch computes (conv: floor, pooling:
+    ceil mode), so a model that does not fit the images is a config error, not a crash once training starts."""
+    size = list(shape[1:])
+    for i, block in enumerate(model.blocks):
+        if any(s + 2 * block.padding < block.kernel for s in size):
+            raise ConfigError(f"model does not fit dataset.image_shape={shape}: model.blocks[{i}] gets "
+                              f"{size[0]}×{size[1]} maps, smaller than its {block.kernel}×{block.kernel} kernel "
+                              f"(padding {block.padding}); use larger images or fewer blocks")
+        size = [(s + 2 * block.padding - block.kernel) // block.stride + 1 for s in size]
+        if block.pool != "none":
+            k, st = block.pool_kernel, block.pool_stride
+            pooled = [(s - k + st - 1) // st + 1 for s in size]
+            pooled = [p - 1 if (p - 1) * st >= s else p for p, s in zip(pooled, size, strict=True)]
+            if min(pooled) < 1:
+                raise ConfigError(f"model does not fit dataset.image_shape={shape}: model.blocks[{i}]'s "
+                                  f"{k}×{k} pooling gets {size[0]}×{size[1]} maps and leaves nothing; use larger "
+                                  "images or fewer blocks")
+            size = pooled
 
 
 def to_config(node: Any) -> NinConfig:
@@ -347,6 +386,13 @@ def hydra_error(err: Exception) -> ConfigError:
 
     if isinstance(err, yaml.YAMLError | UnicodeDecodeError):
         return _broken_config_file(err)
+    if isinstance(err, RecursionError):
+        return ConfigError("bad override or config: nested too deeply to read")
+    from hydra.errors import HydraException
+
+    if isinstance(err, OSError) and not isinstance(err, HydraException):  # Hydra looked up a name no file can have
+        return ConfigError(f"bad override or config: Hydra could not look it up as a config file "
+                           f"({err.strerror or type(err).__name__})")
     text = str(err)
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if missing:
@@ -442,8 +488,30 @@ def _known_keys(dotted: str) -> list[str] | None:
 _SWEEP_VALUE = re.compile(r"^[^=]+=(?:[^\[\]{}()'\"]*,|.*\b(range|choice|interval|glob)\()")
 
 
+MAX_KEY_CHARS = 200  # a dotted key; longer ones are no key of nin's (and Hydra would look for them as files)
+MAX_NESTING = 32  # brackets and braces inside one override value (the deepest config, model.blocks, needs 3)
+
+
+def _nesting(value: str) -> int:
+    depth = deepest = 0
+    for char in value:
+        if char in "[{(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]})":
+            depth -= 1
+    return deepest
+
+
 def check_overrides(overrides: list[str], allow_sweep: bool = False) -> None:
     for item in overrides:
+        key = item.split("=", 1)[0]
+        if len(key) > MAX_KEY_CHARS:
+            raise ConfigError(f"bad override: a key of {len(key):,} characters ('{key[:40]}...'); keys are dotted "
+                              "names such as trainer.epochs")
+        if _nesting(item) > MAX_NESTING:
+            raise ConfigError(f"bad override '{item[:40]}...': nested {_nesting(item):,} levels deep (at most "
+                              f"{MAX_NESTING})")
         if item.startswith("-"):
             raise ConfigError(f"unknown option '{item}'; overrides look like key=value (see `nin --help`)")
         if "=" not in item:
@@ -492,6 +560,62 @@ def check_replayed_overrides(items: list[Any], source: Path) -> list[str]:
     return list(items)
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _grammar(value: Any, source: Path) -> str:
+    """A validated config value in Hydra's override grammar (strings quoted, so nothing in them is syntax)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)  # Hydra: only \ before a quote
+        return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
+    if isinstance(value, list):
+        return "[" + ",".join(_grammar(v, source) for v in value) + "]"
+    if isinstance(value, dict):
+        bad = [k for k in value if not _NAME.fullmatch(str(k))]
+        if bad:
+            raise DataError(f"{source}: its stored config has the key {str(bad[0])[:40]!r}, not a name")
+        return "{" + ",".join(f"{k}:{_grammar(v, source)}" for k, v in value.items()) + "}"
+    raise DataError(f"{source}: its stored config holds a {type(value).__name__}")
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for k, v in node.items() for s in (str(k), *_strings(v))]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return [node] if isinstance(node, str) else []
+
+
+def stored_config_overrides(stored: Any, source: Path) -> list[str]:
+    """The config a checkpoint stores, as overrides that compose it again: `resume=CKPT` of a checkpoint outside a
+    run directory continues with the config it was trained with. The stored config is untrusted input: anything
+    for Hydra (a `hydra` key, `_target_`, an interpolation) is refused (exit 4), anything the schema refuses is a
+    checkpoint that is not what it claims (exit 3); only validated values are written back, quoted."""
+    if not isinstance(stored, dict):
+        raise DataError(f"{source}: a nin checkpoint without its config")
+    if "hydra" in stored or any("_target_" in s or "${" in s for s in _strings(stored)):
+        raise UnsafeFileError(f"{source}: refused, its stored config sets Hydra keys, _target_ or an interpolation "
+                              "(only nin's own config values may be stored); nothing was run")
+    try:
+        cfg = to_config({k: v for k, v in stored.items() if k != "resume"})
+    except ConfigError as err:
+        raise DataError(f"{source}: its stored config is not valid for this nin ({err})") from None
+    items = [f"experiment={cfg.experiment}"] if cfg.experiment in group_options("experiment") else []
+    values = to_dict(cfg)
+    for group in ("dataset", "model", "head", "optim", "schedule", "trainer"):
+        for key, value in values[group].items():
+            if isinstance(value, dict):  # a mapping given as an override is merged into the group's: clear it first
+                items.append(f"{group}.{key}=null")
+            items.append(f"{group}.{key}={_grammar(value, source)}")
+    return items
+
+
 def _quote_home(item: str) -> str:
     """Hydra's grammar has no '~': quote a home path (dataset.root=~/data, which the shell leaves as is)."""
     key, sep, value = item.partition("=")
@@ -524,7 +648,7 @@ def compose(overrides: list[str], run_mode: str = "run", with_hydra: bool = Fals
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
             return hydra_compose(config_name="config", overrides=schema_overrides(overrides),
                                  return_hydra_config=with_hydra)
-    except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError) as err:
+    except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError, OSError, RecursionError) as err:
         raise hydra_error(err) from None
 
 

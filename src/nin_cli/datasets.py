@@ -165,6 +165,8 @@ def _mnist(cfg: DatasetConfig) -> RawData:
     files = [(name[:-3], None) for name, _ in cls.resources]
     train = _open_official(cfg, lambda: cls(str(root), train=True), raw, files, fetch)
     test = _open_official(cfg, lambda: cls(str(root), train=False), raw, files, fetch)
+    for prefix, part in (("train", train), ("t10k", test)):
+        check_labels(part.targets, 10, f"mnist: {raw / f'{prefix}-labels-idx1-ubyte'}")
     return RawData(train.data.unsqueeze(1).contiguous(), train.targets.long(), test.data.unsqueeze(1).contiguous(),
                    test.targets.long(), [str(d) for d in range(10)], tail_index(len(train.targets), cfg.val_size))
 
@@ -333,13 +335,15 @@ def _decode(path: str, shape: list[int] | None) -> torch.Tensor:
     the other formats; resized (bilinear, antialiased) when `shape` asks for another size."""
     channels = shape[0] if shape else 3
     data = _read(path)
+    if not data:
+        raise DataError(f"imagefolder: cannot decode {path} (an empty file, 0 bytes): not a readable image")
     try:
         from torchvision.io import ImageReadMode, decode_image
 
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
                              mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
         image = image[0] if image.ndim == 4 else image  # animated GIF: first frame
-    except (ImportError, RuntimeError):
+    except (ImportError, RuntimeError, ValueError):
         image = _decode_pil(path, data, channels)
     if shape and list(image.shape[1:]) != list(shape[1:]):
         resized = torch.nn.functional.interpolate(image[None].float(), size=tuple(shape[1:]), mode="bilinear",
@@ -417,7 +421,23 @@ SOURCES: dict[str, Callable[[DatasetConfig], RawData]] = {
 }
 
 
+def check_labels(labels: torch.Tensor, num_classes: int, what: str) -> None:
+    """Every label a class index (0 … num_classes − 1): a file with others is corrupt, named before training
+    indexes out of range with it."""
+    if len(labels) == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise DataError(f"{what}: a label {bad}, outside 0-{num_classes - 1} ({num_classes} classes): corrupt "
+                        "labels; get the files again")
+
+
 def read_dataset(cfg: DatasetConfig) -> RawData:
     if cfg.name not in SOURCES:
         raise ConfigError(f"dataset.name={cfg.name}: no loader; choose one of {', '.join(SOURCES)}")
-    return SOURCES[cfg.name](cfg)
+    raw = SOURCES[cfg.name](cfg)
+    where = "" if cfg.name in ("synthetic", "digits") else f" under {dataset_root(cfg)}"
+    for part, labels in (("train", raw.train_labels), ("test", raw.test_labels)):
+        check_labels(labels, len(raw.classes), f"{cfg.name}: the {part} files{where}")
+    return raw

@@ -1,7 +1,14 @@
 """The exceptions the CLI maps to exit codes (see README, "Exit codes").
 
 Every anticipated failure raises one of these with a one-line message; `cli.main` prints the line and exits
-with the class's code. Anything else is a bug: exit 1 and the traceback goes to a log file.
+with the class's code. Anything else is a bug: exit 1 and the traceback goes to a log file (or the temp directory,
+or the line says it could not be saved: never a second traceback).
+
+Paths: a place to write that the command line names or implies (`hydra.run.dir`, `--out`, the default output
+folder) and that is a file, lies under a file or is not writable is a ConfigError (2): the fix is another path on
+the command line. A file inside an existing run directory, or any file read, that is not what it should be (a
+folder where train.log should be, undecodable metrics, a checkpoint whose config does not fit its weights or
+with non-finite weights) is a DataError (3).
 """
 
 
@@ -77,3 +84,24 @@ class InterruptedNow(KeyboardInterrupt):
     def __init__(self, exit_code: int):
         super().__init__(f"interrupted again: stopped at once (exit {exit_code}); the last checkpoint is kept")
         self.exit_code = exit_code
+
+
+def save_traceback(preferred, text: str) -> str:
+    """Append a bug's traceback to `preferred` (a run's train.log, or outputs/crash-*.log), else to a file in the
+    temp directory; returns the words for the one line on screen: "traceback in PATH", or that it could not be
+    saved. A log that cannot be written must never become a second traceback."""
+    import os
+    import tempfile
+    import time
+    from pathlib import Path
+
+    for path in (Path(preferred), Path(tempfile.gettempdir()) / f"nin-crash-{time.strftime('%Y%m%d-%H%M%S')}-"
+                 f"{os.getpid()}.log"):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as f:
+                f.write(text)
+            return f"traceback in {path}"
+        except OSError:
+            continue
+    return "the traceback could not be saved (neither the log nor the temp directory is writable)"

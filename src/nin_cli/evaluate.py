@@ -220,11 +220,31 @@ def show_eval(metrics: dict, classes: list[str], out: Path) -> None:
 
 
 def eval_command(path: Path, overrides: list[str], split: str, tta: bool, as_json: bool, out: Path | None) -> None:
-    """`nin eval`: evaluate, write the outputs, then print JSON or the rich report."""
+    """`nin eval`: evaluate, write the outputs, then print JSON or the rich report. An output folder that is a
+    file, under a file or not writable is exit 2 with nothing written (`--out` is checked before any work)."""
+    import errno
+
+    from nin_cli.runs import output_dir_problem
+
+    def check(where: Path) -> Path:
+        problem = output_dir_problem(where)
+        if problem:
+            given = f"--out {out}" if out else f"the default output folder {where}"
+            raise ConfigError(f"{given}: {problem}; give --out DIR, a directory you can write")
+        return where
+
+    if out:  # given: checked before any work; the default (next to the checkpoint) once the checkpoint is read
+        check(out)
     metrics, trained = evaluate_checkpoint(path, overrides, split, tta)
-    out = out or default_eval_dir(Path(path), split, tta)
-    write_eval_outputs(metrics, trained.classes, out, int(trained.record.get("state", {}).get("step", 0)))
+    where = check(out or default_eval_dir(Path(path), split, tta))
+    try:
+        write_eval_outputs(metrics, trained.classes, where, int(trained.record.get("state", {}).get("step", 0)))
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DataError(f"no space left on the device writing the outputs in {where}") from None
+        raise ConfigError(f"cannot write the outputs in {where} ({err.strerror or err}: {err.filename}); give "
+                          "--out DIR, a directory you can write") from None
     if as_json:
         print(json.dumps(metrics))
     else:
-        show_eval(metrics, trained.classes, out)
+        show_eval(metrics, trained.classes, where)

@@ -17,18 +17,43 @@ from pathlib import Path
 from typing import Any
 
 from nin_cli.config import NinConfig, config_dir, schema_overrides, to_config
-from nin_cli.errors import ConfigError, Interrupted, InterruptedNow, NinError
+from nin_cli.errors import ConfigError, DataError, Interrupted, InterruptedNow, NinError, save_traceback
 
 
 def _log_file(run_dir: Path) -> Path:
     return run_dir / "train.log"
 
 
-def _crash_line(err: BaseException, log_file: Path) -> str:
-    """One line for a bug, whatever the exception's message looks like; the traceback is in `log_file`."""
+def _crash_line(err: BaseException, where: str) -> str:
+    """One line for a bug, whatever the exception's message looks like; `where`: where its traceback went."""
     text = " ".join(str(err).split())
     text = text[:200] + "…" if len(text) > 200 else text
-    return f"internal error ({type(err).__name__}{': ' + text if text else ''}); traceback in {log_file}"
+    return f"internal error ({type(err).__name__}{': ' + text if text else ''}); {where}"
+
+
+def _run_dir_of(cfg: Any) -> Path | None:
+    """hydra.run.dir as Hydra will resolve it (None when it does not resolve: run_job then says why)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    try:
+        HydraConfig.instance().set_config(cfg)
+        value = OmegaConf.select(cfg, "hydra.run.dir")
+    except Exception:  # noqa: BLE001 - only a pre-check
+        return None
+    return Path(str(value)) if value else None
+
+
+def _setup_failure(err: OSError, run_dir: Path | None, existed: bool) -> NinError:
+    """An OSError from Hydra's own setup (making the run directory, writing .hydra/ and train.log): inside a run
+    directory that was already there, a damaged run (exit 3); otherwise the location given is unusable (exit 2)."""
+    what = err.strerror or type(err).__name__
+    name = Path(err.filename) if err.filename else None
+    if existed and run_dir is not None and name is not None and run_dir.resolve() in name.resolve().parents:
+        return DataError(f"{name}: {what}; the run directory {run_dir} is damaged (repair or move it away)")
+    shown = f" ({what}: {name})" if name else f" ({what})"
+    return ConfigError(f"hydra.run.dir={run_dir}: cannot create or write the run directory{shown}; give a writable "
+                       "hydra.run.dir")
 
 
 def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> Any:
@@ -52,18 +77,26 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
         except (NinError, KeyboardInterrupt):
             raise
         except Exception as err:  # a bug: full traceback to train.log, one line on screen
-            with open(_log_file(run_dir), "a") as f:
-                f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}][CRASH]\n{traceback.format_exc()}")
-            raise NinError(_crash_line(err, _log_file(run_dir))) from None
+            where = save_traceback(_log_file(run_dir),
+                                   f"[{time.strftime('%Y-%m-%d %H:%M:%S')}][CRASH]\n{traceback.format_exc()}")
+            raise NinError(_crash_line(err, where)) from None
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
         hydra = GlobalHydra.instance().hydra
         try:
             cfg = hydra.compose_config(config_name="config", overrides=schema_overrides(overrides),
                                        run_mode=RunMode.RUN, from_shell=True, with_log_configuration=True)
-        except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError) as err:
+        except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError, OSError, RecursionError) as err:
             raise hydra_error(err) from None
         cfg.hydra.mode = RunMode.RUN
+        run_dir = _run_dir_of(cfg)
+        if run_dir is not None:
+            from nin_cli.runs import output_dir_problem
+
+            problem = output_dir_problem(run_dir)
+            if problem:
+                raise ConfigError(f"hydra.run.dir={run_dir}: {problem}; give a writable directory")
+        existed = run_dir is not None and run_dir.is_dir()
         callbacks = Callbacks(cfg)
         callbacks.on_run_start(config=cfg, config_name="config")
         try:
@@ -72,6 +105,11 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
                           configure_logging=True)
         except InterruptedNow as err:  # Typer would turn a KeyboardInterrupt into a silent 130
             raise Interrupted(str(err), err.exit_code) from None
+        except (OSError, ValueError) as err:  # the task's own errors come back in `ret`: this is Hydra's setup of
+            cause = err if isinstance(err, OSError) else err.__cause__  # the run (logging wraps its OSError)
+            if not isinstance(cause, OSError):
+                raise
+            raise _setup_failure(cause, run_dir, existed) from None
         callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
     # JobReturn.return_value would print its own error line; read the outcome directly instead.
     if ret.status == JobStatus.FAILED:

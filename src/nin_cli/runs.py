@@ -100,23 +100,62 @@ def append_metrics(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _epoch_of(line: str) -> int | None:
+def output_dir_problem(path: Path) -> str | None:
+    """Why `path` cannot be, or be made into, a directory to write in (None: it can), found without writing
+    anything: the path or the nearest part of it that exists must be a writable directory."""
+    import stat
+
+    target = Path(path).expanduser().absolute()
+    for candidate in (target, *target.parents):
+        try:
+            mode = candidate.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # not there yet (made by mkdir), or under a file (found when the loop reaches it)
+        except OSError as err:
+            return f"{candidate} cannot be reached ({err.strerror or err})"
+        if not stat.S_ISDIR(mode):
+            return "exists and is not a directory" if candidate == target else f"{candidate} is a file, not a directory"
+        if not os.access(candidate, os.W_OK | os.X_OK):
+            return "is not writable" if candidate == target else f"{candidate} is not writable"
+        return None
+    return None
+
+
+def _epoch_of(line: bytes) -> int | None:
+    """The epoch of one metrics.jsonl row; None for a line cut short by a crash or otherwise damaged."""
     try:
-        row = json.loads(line)
-    except ValueError:
-        return None  # a line cut short by a crash
-    return row.get("epoch") if isinstance(row, dict) else None
+        row = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    epoch = row.get("epoch") if isinstance(row, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def truncate_metrics(path: Path, epochs_done: int) -> None:
-    """On resume: keep only the rows of epochs the checkpoint covers, so no line is duplicated or cut short."""
-    if not path.exists():
+    """On resume: keep only the rows of epochs the checkpoint covers, so no line is duplicated or cut short.
+    Damaged lines (not UTF-8, not JSON, no epoch) are dropped with a warning: the run resumes all the same."""
+    from nin_cli.errors import DataError
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in rows if (epoch := _epoch_of(line)) is not None and epoch <= epochs_done]
+    except OSError as err:
+        raise DataError(f"{path}: cannot read it ({err.strerror or err}); repair or remove it to resume this "
+                        "run") from None
+    rows = [line for line in data.split(b"\n") if line.strip()]
+    epochs = [_epoch_of(line) for line in rows]
+    kept = [line for line, epoch in zip(rows, epochs, strict=True) if epoch is not None and epoch <= epochs_done]
+    damaged = epochs.count(None)
+    if damaged > 1 or (damaged and epochs[-1] is not None):  # a last line cut short by a crash is expected
+        log.warning("dropped %d damaged line(s) of %s", damaged, path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(b"".join(line + b"\n" for line in kept))
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{path}: cannot rewrite it ({err.strerror or err})") from None
 
 
 # ----------------------------------------------------------------------------------------- resuming a run
@@ -154,7 +193,10 @@ def remove_stale_temps(paths: RunPaths) -> list[Path]:
 def _keep_event(record: bytes, last_step: int) -> bool:
     from tensorboard.compat.proto.event_pb2 import Event
 
-    event = Event.FromString(record)
+    try:
+        event = Event.FromString(record)
+    except Exception:  # noqa: BLE001 - a record whose CRC holds but whose bytes are no event: drop it
+        return False
     tags = [v.tag for v in event.summary.value]
     if any(t.startswith(("_hparams_/", "hparam/")) for t in tags):
         return False  # the run writes its hparams record again at its end
@@ -170,19 +212,34 @@ def truncate_events(tb: Path, last_step: int) -> None:
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.summary.writer.record_writer import RecordWriter
 
-    for path in sorted(tb.glob("events.out.tfevents.*")):
-        records = list(RawEventFileLoader(str(path)).Load())
+    from nin_cli.errors import DataError
+
+    files = []
+    for path in sorted(tb.glob("events.out.tfevents.*")):  # every file read before any is rewritten
+        try:  # the loader stops at the first damaged record (bad CRC, cut short): the records before it are kept
+            files.append((path, list(RawEventFileLoader(str(path)).Load()), path.stat().st_size))
+        except Exception as err:  # noqa: BLE001 - whatever the reader trips on: name the file, never a traceback
+            why = " ".join(str(err).split())[:120] or type(err).__name__
+            raise DataError(f"{path}: unreadable TensorBoard event file ({why}); move it away to resume this "
+                            "run") from None
+    for path, records, size in files:
         kept = [r for r in records if _keep_event(r, last_step)]
-        if len(kept) == len(records) and sum(len(r) + 16 for r in records) == path.stat().st_size:
+        if len(kept) == len(records) and sum(len(r) + 16 for r in records) == size:
             continue  # 16: a record's length, its CRC and the data's CRC
+        if sum(len(r) + 16 for r in records) != size:
+            log.warning("%s: kept the %d complete records before the damaged or cut-short end", path, len(records))
         tmp = tb / f".truncate.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            writer = RecordWriter(f)
-            for record in kept:
-                writer.write(record)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                writer = RecordWriter(f)
+                for record in kept:
+                    writer.write(record)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise DataError(f"{path}: cannot rewrite it ({err.strerror or err})") from None
 
 
 def _override_key(item: str) -> str:
@@ -197,7 +254,7 @@ def _override_values(overrides: list[str]) -> dict[str, Any]:
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException:
+    except (HydraException, RecursionError):
         return {}
     return {o.key_or_group: o.value() for o in parsed}
 
@@ -221,11 +278,37 @@ def _run_overrides(run_dir: Path) -> list[str]:
     return check_replayed_overrides([] if items is None else items, path)
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a folder on the way that cannot be searched: load_checkpoint names the problem
+        return True
+
+
+def _resume_file(path: Path, overrides: list[str]) -> tuple[Path | None, list[str]]:
+    """`resume=CKPT`: the checkpoint goes through the safe loader first (damaged: exit 3, unsafe: exit 4), before
+    any data is read or a run directory made. In RUN/checkpoints/ of a run with its overrides: (RUN, overrides),
+    RUN's to be replayed; a checkpoint on its own: (None, the config it stores as overrides (checked as untrusted
+    input, see `config.stored_config_overrides`) under the command line's)."""
+    from nin_cli.checkpoint import load_checkpoint
+    from nin_cli.config import stored_config_overrides
+
+    record = load_checkpoint(path)
+    run = path.parent.parent if path.parent.name == "checkpoints" else None
+    if run is not None and _is_file(run / ".hydra" / "overrides.yaml"):
+        return run, overrides
+    given = {_override_key(o) for o in overrides}  # a key replaces its own; a group option (model=...) its group
+    stored = stored_config_overrides(record.get("config"), path)
+    return None, [o for o in stored if _override_key(o) not in given and o.split(".")[0] not in given] + overrides
+
+
 def resume_overrides(overrides: list[str]) -> list[str]:
     """The overrides that continue a run. With `resume=DIR`, or `hydra.run.dir=DIR` naming an existing run, DIR's
     own overrides come first and the command line's replace those with the same key: `nin train
     hydra.run.dir=DIR` continues DIR with the config it was started with. `resume=CKPT` continues from a checkpoint
-    file in a new run directory, replaying the overrides of the run it came from (if it sits in one)."""
+    file in a new run directory, replaying the overrides of the run it came from if it sits in one, else with the
+    config the checkpoint stores; a group option on the command line (model=nin_small) replaces that group's stored
+    values, a key replaces its own."""
     from nin_cli.errors import ConfigError
 
     values = _override_values(overrides)
@@ -237,8 +320,11 @@ def resume_overrides(overrides: list[str]) -> list[str]:
     source, keep_run_dir = (Path(run_dir) if isinstance(run_dir, str) else None), True
     if isinstance(resume, str):
         target = Path(resume).expanduser()
-        if target.is_file():
-            source, keep_run_dir = (target.parent.parent if target.parent.name == "checkpoints" else None), False
+        if _is_file(target):
+            source, overrides = _resume_file(target, overrides)
+            if source is None:  # a checkpoint on its own: its stored config, the command line's on top
+                return overrides
+            keep_run_dir = False
         elif target.is_dir():
             if not any((target / "checkpoints").glob("*.pt")):
                 raise ConfigError(f"resume={resume}: no checkpoint in {target / 'checkpoints'} to continue from")

@@ -8,7 +8,10 @@ task. Each job is an ordinary run directory `<hydra.sweep.dir>/<hydra.sweep.subd
 `failure.json` (one-line reason, exit code) and the others run on. Re-running the same sweep into the same
 directory skips finished jobs (summary.json) and resumes the others (fit continues from checkpoints/last.pt).
 
-`write_summary(sweep_dir)` reads every job directory back into summary.csv, summary.md and a rich table.
+`write_summary(sweep_dir)` reads every job directory back into summary.csv, summary.md and a rich table. Jobs that
+differ only in `trainer.seed` are grouped (`seed_groups`): mean ± std and n over the finished seeds of every
+numeric summary.json metric, with report.py's statistics (the paper table's), in summary_seeds.csv, a second table
+and a section of summary.md.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import re
 import sys
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nin_cli.config import NinConfig, check_overrides, config_dir, hydra_error, schema_overrides, to_config, to_dict
 from nin_cli.errors import ConfigError, DataError, DivergedError, Interrupted, NinError, UnsafeFileError
+from nin_cli.report import Line, Row, RunRecord, format_error
 
 log = logging.getLogger("nin")
 
@@ -61,6 +66,8 @@ class JobRow:
     reason: str = ""
     exit_code: int | None = None
     swept: str = ""  # only the overrides that vary across the sweep's jobs
+    seed: str = ""  # trainer.seed: the job's override, else its summary.json's
+    metrics: dict[str, float] = field(default_factory=dict)  # every numeric summary.json value but the seed
 
 
 class _StopSweep(KeyboardInterrupt):
@@ -353,12 +360,15 @@ def read_job(sweep_dir: Path, run_dir: Path) -> JobRow:
         row.status = "done"
         row.best_val_error, row.test_error = summary.get("best_val_error"), summary.get("test_error")
         row.params, row.wall_time_s = summary.get("params"), summary.get("wall_time_s")
+        row.metrics = numeric_metrics(summary)
     else:
         metrics = run_dir / "metrics.jsonl"
         epochs = sum(1 for line in metrics.read_text().splitlines() if line.strip()) if metrics.exists() else 0
         row.reason = (f"{epochs} epoch(s) done" if epochs else "stopped mid-epoch" if (
             run_dir / "checkpoints" / "last.pt").exists() else "not started, or stopped before a checkpoint")
         row.reason += "; re-run the sweep to resume"
+    seed = override_values(overrides).get(SEED_KEY)
+    row.seed = seed if seed is not None else str((summary or {}).get("seed", ""))
     return row
 
 
@@ -386,6 +396,161 @@ def _swept_keys(sweep_dir: Path) -> frozenset[str]:
     except (AttributeError, HydraException, OmegaConfBaseException):  # no multirun.yaml (Optuna) or not Hydra's
         return frozenset()
     return frozenset(o.get_key_element().removeprefix("++") for o in parsed if o.is_sweep_override())
+
+
+# ------------------------------------------------------------------------------------------ seeds aggregated
+
+
+SEED_KEY = "trainer.seed"
+# Settings that never make two runs different experiments: the seed, and where a run was resumed from.
+NOT_SETTINGS = frozenset({SEED_KEY, "resume"})
+# summary.json metrics in this order first, then any others alphabetically.
+METRIC_ORDER = ("best_val_error", "test_error", "best_test_error", "test_loss", "final_train_loss", "wall_time_s",
+                "images_per_s", "epochs", "steps", "best_epoch", "params")
+T = TypeVar("T")
+_STATS_ROW = Row("", "", "", 0.0, "")
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation over seeds, exactly as the paper table computes them (report.py's `Line`):
+    (None, None) for no value, no standard deviation from one."""
+    line = Line(_STATS_ROW, runs=[RunRecord(Path(), "", "done", test_error=v) for v in values])
+    return line.mean, line.std
+
+
+def numeric_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of a summary.json (not the seed, not booleans), in METRIC_ORDER then alphabetically."""
+    found = {k: v for k, v in summary.items()
+             if k != "seed" and isinstance(v, int | float) and not isinstance(v, bool)}
+    return {k: found[k] for k in sorted(found, key=lambda k: (METRIC_ORDER.index(k) if k in METRIC_ORDER
+                                                              else len(METRIC_ORDER), k))}
+
+
+def override_values(overrides: list[str]) -> dict[str, str]:
+    """`key=value` overrides as a dict; `+key` and `++key` count as `key`."""
+    return {k.lstrip("+"): v for k, _, v in (o.partition("=") for o in overrides)}
+
+
+def group_by_seed(items: list[T], settings: Callable[[T], Mapping[str, Any]]) -> list[list[T]]:
+    """Items whose settings (overrides, or a flattened config) differ only in trainer.seed (or resume), in the order
+    each group first appears."""
+    groups: dict[str, list[T]] = {}
+    for item in items:
+        key = json.dumps({k: v for k, v in settings(item).items() if k not in NOT_SETTINGS}, sort_keys=True,
+                         default=str)
+        groups.setdefault(key, []).append(item)
+    return list(groups.values())
+
+
+@dataclass
+class SeedGroup:
+    """Jobs of a sweep that differ only in trainer.seed; statistics over the finished ones."""
+
+    rows: list[JobRow]
+    label: str = ""  # the overrides that tell this group from the others, trainer.seed left out
+
+    @property
+    def done(self) -> list[JobRow]:
+        return [r for r in self.rows if r.status == "done"]
+
+    @property
+    def seeds(self) -> str:
+        return " ".join(r.seed for r in self.rows)
+
+    @property
+    def jobs(self) -> str:
+        return " ".join(r.job for r in self.rows)
+
+    def stats(self, metric: str) -> tuple[float | None, float | None, int]:
+        """(mean, sample std, n) of a metric over the finished jobs that report it."""
+        values = [float(r.metrics[metric]) for r in self.done if r.metrics.get(metric) is not None]
+        return (*mean_std(values), len(values))
+
+    def cell(self, metric: str) -> str:
+        """"mean ± std" (2 decimals, as the paper table; seconds to 1), "(n=K)" when fewer jobs report it."""
+        mean, std, n = self.stats(metric)
+        if metric.endswith("_s") and mean is not None:
+            text = f"{mean:.1f}" + ("" if std is None else f" ± {std:.1f}")
+        else:
+            text = format_error(mean, std) if n else ""
+        return f"{text} (n={n})" if n and n != len(self.done) else text
+
+    @property
+    def note(self) -> str:
+        left = [r for r in self.rows if r.status != "done"]
+        if not left:
+            return ""
+        counts = [(s, sum(r.status == s for r in left)) for s in ("failed", "unfinished")]
+        parts = [f"{n} {s}" for s, n in counts if n]
+        parts[0] = parts[0].replace(" ", f" of {len(self.rows)} jobs ", 1)
+        return ", ".join(parts) + "; not in the statistics"
+
+
+def seed_groups(rows: list[JobRow], swept_keys: frozenset[str] = frozenset()) -> list[SeedGroup]:
+    """The sweep's jobs grouped by their overrides with trainer.seed left out."""
+    groups = [SeedGroup(g) for g in group_by_seed(rows, lambda r: override_values(r.overrides))]
+    if len(groups) == 1:
+        groups[0].label = "all jobs"
+        return groups
+    shared = [[o for o in g.rows[0].overrides if o.lstrip("+").partition("=")[0] not in NOT_SETTINGS]
+              for g in groups]
+    for group, label in zip(groups, swept_overrides(shared, swept_keys - NOT_SETTINGS), strict=True):
+        group.label = label or "(no overrides)"
+    return groups
+
+
+def group_metrics(groups: list[SeedGroup]) -> list[str]:
+    """Every metric some finished job reports, in METRIC_ORDER then alphabetically."""
+    found = {k: 0 for g in groups for r in g.done for k in r.metrics}
+    return list(numeric_metrics(found))
+
+
+def _best_group(groups: list[SeedGroup]) -> SeedGroup | None:
+    scored = [(g.stats("best_val_error")[0], g) for g in groups]
+    scored = [(mean, g) for mean, g in scored if mean is not None]
+    return min(scored, key=lambda mg: mg[0])[1] if scored else None
+
+
+def _seeds_aggregated(groups: list[SeedGroup]) -> bool:
+    return any(len(g.rows) > 1 for g in groups)
+
+
+SEED_COLUMNS = ("overrides", "seeds", "n", "best val err %", "test err %", "wall s")
+SEED_METRICS = ("best_val_error", "test_error", "wall_time_s")
+
+
+def _seed_cells(group: SeedGroup) -> list[str]:
+    return [group.label, group.seeds, str(len(group.done)), *(group.cell(m) for m in SEED_METRICS)]
+
+
+def _write_seeds_csv(path: Path, groups: list[SeedGroup]) -> None:
+    """One row per group: mean, sample std and n of every metric, full precision ("" where undefined)."""
+    metrics = group_metrics(groups)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["overrides", "jobs", "seeds", "n_jobs", "n_done",
+                         *(f"{m}_{s}" for m in metrics for s in ("mean", "std", "n"))])
+        for g in groups:
+            cells = []
+            for metric in metrics:
+                mean, std, n = g.stats(metric)
+                cells += ["" if mean is None else mean, "" if std is None else std, n]
+            writer.writerow([g.label, g.jobs, g.seeds, len(g.rows), len(g.done), *cells])
+
+
+def _seeds_markdown(groups: list[SeedGroup]) -> list[str]:
+    lines = ["", "## Over seeds", "", "Jobs that differ only in `trainer.seed`: mean ± sample std over the finished "
+             "ones (n; the overrides shown leave the seed out); every metric in summary_seeds.csv.", "",
+             "| " + " | ".join((*SEED_COLUMNS, "jobs")) + " |", "|" + "---|" * (len(SEED_COLUMNS) + 1)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in (*_seed_cells(g), g.jobs)) + " |" for g in groups]
+    notes = [f"- {g.label}: {g.note}" for g in groups if g.note]
+    if notes:
+        lines += ["", *notes]
+    best = _best_group(groups)
+    if best is not None:
+        lines += ["", f"Best on validation over seeds: `{best.label}` (jobs {best.jobs}), "
+                  f"{best.cell('best_val_error')}%."]
+    return lines
 
 
 def _best(rows: list[JobRow]) -> JobRow | None:
@@ -428,17 +593,34 @@ def _markdown(sweep_dir: Path, rows: list[JobRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(sweep_dir: Path) -> list[JobRow]:
+def read_summary(sweep_dir: Path) -> tuple[list[JobRow], list[SeedGroup]]:
+    """Every job of the sweep, and the jobs grouped over trainer.seed."""
     sweep_dir = Path(sweep_dir)
     dirs = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
     if not dirs:
         raise ConfigError(f"{sweep_dir}: no sweep jobs there (no */.hydra/overrides.yaml)")
     rows = [read_job(sweep_dir, d) for d in dirs]
-    for row, swept in zip(rows, swept_overrides([r.overrides for r in rows], _swept_keys(sweep_dir)), strict=True):
+    swept_keys = _swept_keys(sweep_dir)
+    for row, swept in zip(rows, swept_overrides([r.overrides for r in rows], swept_keys), strict=True):
         row.swept = swept
+    return rows, seed_groups(rows, swept_keys)
+
+
+def write_summary(sweep_dir: Path) -> list[JobRow]:
+    return _write_summary(Path(sweep_dir))[0]
+
+
+def _write_summary(sweep_dir: Path) -> tuple[list[JobRow], list[SeedGroup]]:
+    """summary.csv and summary.md (with an "Over seeds" section when some jobs differ only in trainer.seed), and
+    summary_seeds.csv (always: one row per group, single jobs too)."""
+    rows, groups = read_summary(sweep_dir)
     _write_csv(sweep_dir / "summary.csv", rows)
-    (sweep_dir / "summary.md").write_text(_markdown(sweep_dir, rows))
-    return rows
+    _write_seeds_csv(sweep_dir / "summary_seeds.csv", groups)
+    markdown = _markdown(sweep_dir, rows)
+    if _seeds_aggregated(groups):
+        markdown += "\n".join(_seeds_markdown(groups)) + "\n"
+    (sweep_dir / "summary.md").write_text(markdown)
+    return rows, groups
 
 
 def show_summary(sweep_dir: Path) -> list[JobRow]:
@@ -446,7 +628,7 @@ def show_summary(sweep_dir: Path) -> list[JobRow]:
     from rich.console import Console
     from rich.table import Table
 
-    rows = write_summary(sweep_dir)
+    rows, groups = _write_summary(Path(sweep_dir))
     best = _best(rows)
     table = Table(title=f"sweep {sweep_dir}")
     for column in COLUMNS[:-1]:  # the notes go below the table: a narrow terminal keeps the numbers readable
@@ -459,6 +641,23 @@ def show_summary(sweep_dir: Path) -> list[JobRow]:
     for row in rows:
         if row.reason:
             console.print(f"job {row.job} {row.status}: {row.reason}", markup=False, highlight=False)
-    console.print(f"summary.csv and summary.md in {sweep_dir}; compare in TensorBoard's HParams tab: "
-                  f"tensorboard --logdir {sweep_dir}", markup=False, highlight=False)
+    if _seeds_aggregated(groups):
+        _print_seed_groups(console, groups)
+    console.print(f"summary.csv, summary_seeds.csv and summary.md in {sweep_dir}; compare in TensorBoard's HParams "
+                  f"tab: tensorboard --logdir {sweep_dir}", markup=False, highlight=False)
     return rows
+
+
+def _print_seed_groups(console: Any, groups: list[SeedGroup]) -> None:
+    from rich.table import Table
+
+    best = _best_group(groups)
+    table = Table(title="over seeds (jobs that differ only in trainer.seed): mean ± std, n finished")
+    for column in SEED_COLUMNS:
+        table.add_column(column, justify="left" if column in ("overrides", "seeds") else "right", overflow="fold")
+    for group in groups:
+        table.add_row(*_seed_cells(group), style="bold green" if group is best else None)
+    console.print(table)
+    for group in groups:
+        if group.note:
+            console.print(f"{group.label}: {group.note}", markup=False, highlight=False)

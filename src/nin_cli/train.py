@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,9 @@ class TrainState:
     chance_epochs: int = 0
     stopped_early: bool = False
     dead_steps: int = 0  # consecutive steps on which every image got the same output (see `raise_if_collapsed`)
+    elapsed_s: float = 0.0  # training time of the run's earlier processes (trainer.max_time survives a resume)
+    epochs_without_val_gain: int = 0  # trainer.early_stop_patience
+    stopped_because: str | None = None  # early stopping or the time limit: said in the log and summary.json
 
 
 # ------------------------------------------------------------------------------------------- device and setup
@@ -241,6 +244,7 @@ class Loop:
     nonfinite: torch.Tensor  # accelerators: "a loss since the last check was not finite", read lazily
     dead_steps: torch.Tensor  # consecutive steps with one output for every image, counted on the device
     dist: Dist = Dist()  # this process's place among the run's processes (Dist(): the only one)
+    clock: float = field(default_factory=time.perf_counter)  # when this process started training the run
 
     @property
     def check_every_step(self) -> bool:
@@ -267,7 +271,8 @@ def stop_on_signals() -> Iterator[StopRequest]:
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
         yield stop
         return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGUSR2: submitit's SLURM launcher warns a job this way before its time limit (`--signal=USR2@90`)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
     try:
         yield stop
     finally:
@@ -349,10 +354,10 @@ def log_step(loop: Loop, loss: torch.Tensor, mult: float, images_per_s: float) -
     loop.writer.add_scalar("step/images_per_s", images_per_s, state.step)
 
 
-def train_one_epoch(loop: Loop, advance) -> dict[str, float] | None:
+def train_one_epoch(loop: Loop, advance, plain: bool = False) -> dict[str, float] | None:
     """The rest of the current epoch (all of it, or from `state.epoch_step` after a mid-epoch resume), in the
     order train_batches gives for (seed, epoch). Returns {"loss", "accuracy", "images_per_s"}, or None when a
-    signal stopped it between two steps."""
+    signal or the time limit stopped it between two steps. `plain`: a progress line every progress_every_s."""
     cfg, state, sums = loop.cfg, loop.state, loop.sums
     tr, world = cfg.trainer, loop.dist.world_size
     loop.step_model.train()
@@ -361,10 +366,13 @@ def train_one_epoch(loop: Loop, advance) -> dict[str, float] | None:
     batches = train_batches(loop.data.train, tr.batch_size, tr.seed, state.epoch, cfg.dataset.translate,
                             cfg.dataset.flip, start_step=state.epoch_step, max_steps=tr.max_steps_per_epoch,
                             rank=loop.dist.rank, world_size=loop.dist.world_size)
+    reported = start
     for images, labels in batches:
-        if stop_requested(loop):
+        if stop_requested(loop) or out_of_time(loop):
             return None
         loss, mult = train_step(loop, images, labels, steps)
+        if plain and time.perf_counter() - reported >= tr.progress_every_s:
+            reported = report_progress(loop, steps, world * (sums.seen - seen_before) / (time.perf_counter() - start))
         if state.step % tr.log_every == 0 or state.epoch_step == steps:  # logged before any save of this step
             log_step(loop, loss, mult, world * (sums.seen - seen_before) / (time.perf_counter() - start))
         inject("after_step", state.step)
@@ -377,6 +385,16 @@ def train_one_epoch(loop: Loop, advance) -> dict[str, float] | None:
     loss, correct, seen = epoch_totals(loop)
     return {"loss": loss / seen, "accuracy": correct / seen,
             "images_per_s": world * (sums.seen - seen_before) / max(elapsed, 1e-9)}
+
+
+def report_progress(loop: Loop, steps: int, images_per_s: float) -> float:
+    """One line for logs without a terminal (SLURM, nohup): where the epoch is, its loss so far, speed, ETA."""
+    state, tr = loop.state, loop.cfg.trainer
+    eta = (steps - state.epoch_step) * tr.batch_size / max(images_per_s, 1e-9)
+    log.info("epoch %d/%d  step %d/%d  loss %.4f  %.0f img/s  epoch ETA %dm%02ds", state.epoch + 1, tr.epochs,
+             state.epoch_step, steps, loop.sums.loss.item() / max(loop.sums.seen, 1), images_per_s, eta // 60,
+             eta % 60)
+    return time.perf_counter()
 
 
 def stop_requested(loop: Loop) -> bool:
@@ -418,6 +436,11 @@ def end_epoch(loop: Loop, train: dict[str, float], epoch_start: float) -> None:
     improved = val["n"] > 0 and val["error"] < state.best_val_error
     if improved:
         state.best_val_error, state.best_epoch = val["error"], state.epoch
+    state.epochs_without_val_gain = 0 if improved else state.epochs_without_val_gain + 1
+    patience = tr.early_stop_patience
+    if patience and val["n"] > 0 and state.epochs_without_val_gain >= patience:
+        state.stopped_because = (f"early stopping: no better validation error for {patience} epochs (best "
+                                 f"{state.best_val_error:.2f} % at epoch {state.best_epoch})")
     collapsed = count_chance_epochs(state, cfg, train, data.num_classes)
     lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["base_lr"] * cfg.optim.lr
     row = {"epoch": state.epoch, "step": state.step, "lr": lr, "train_loss": train["loss"],
@@ -425,7 +448,7 @@ def end_epoch(loop: Loop, train: dict[str, float], epoch_start: float) -> None:
            "images_per_s": train["images_per_s"], "epoch_time_s": time.perf_counter() - epoch_start}
     if loop.dist.is_main:
         log_epoch(loop.writer, row, tr.epochs)
-        append_metrics(loop.paths.metrics, row)
+        append_metrics(loop.paths.metrics, {k: None if v != v else v for k, v in row.items()})  # JSON: null, not NaN
     loop.sums = EpochSums.zeros(loop.nonfinite.device)
     save_checkpoints(loop, best=improved)
     if collapsed:
@@ -433,16 +456,19 @@ def end_epoch(loop: Loop, train: dict[str, float], epoch_start: float) -> None:
 
 
 def train_epochs(loop: Loop) -> None:
-    """Epochs until `trainer.epochs` or the plateau rule's end; a signal saves where the loop is and raises
-    Interrupted (exit 130 / 143)."""
+    """Epochs until `trainer.epochs`, the plateau rule's end, early stopping or the time limit; a signal saves where
+    the loop is and raises Interrupted (exit 130 / 143 / 140)."""
     state, tr = loop.state, loop.cfg.trainer
     mode = progress_mode(tr.progress)
-    while state.epoch < tr.epochs and not state.stopped_early:
+    while state.epoch < tr.epochs and not state.stopped_early and state.stopped_because is None:
         epoch_start = time.perf_counter()
         steps = steps_per_epoch(len(loop.data.train), tr.batch_size, tr.max_steps_per_epoch)
         with epoch_progress(mode, steps, f"epoch {state.epoch + 1}/{tr.epochs}") as advance:
             advance(state.epoch_step, "")
-            train = train_one_epoch(loop, advance)
+            train = train_one_epoch(loop, advance, plain=mode == "plain")
+        if train is None and state.stopped_because is not None:  # the time limit, inside an epoch
+            save_checkpoints(loop, best=False)
+            break
         if train is None:
             log.warning("%s: saving a checkpoint at step %d, then stopping (again to stop at once)",
                         signal.Signals(loop.stop.signum).name, state.step)
@@ -451,6 +477,21 @@ def train_epochs(loop: Loop) -> None:
         end_epoch(loop, train, epoch_start)
         if stop_requested(loop):
             raise interrupted(loop)
+    if state.stopped_because:
+        log.info("stopped: %s", state.stopped_because)
+
+
+def elapsed(loop: Loop) -> float:
+    """Training time of the run so far, over every process that worked on it (resumes included)."""
+    return loop.state.elapsed_s + time.perf_counter() - loop.clock
+
+
+def out_of_time(loop: Loop) -> bool:
+    limit = loop.cfg.trainer.max_time
+    if limit is None or elapsed(loop) < limit:
+        return False
+    loop.state.stopped_because = f"time limit: trainer.max_time={limit:g} s reached at step {loop.state.step}"
+    return True
 
 
 def interrupted(loop: Loop) -> Interrupted:
@@ -498,7 +539,8 @@ def checkpoint_payload(loop: Loop) -> dict:
     else:
         rng, per_rank = [rng_states()], {}
     return {"config": to_dict(loop.cfg), "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
-            "scaler": loop.scaler.state_dict(), "state": asdict(state), "rng": rng[0], **per_rank,
+            "scaler": loop.scaler.state_dict(), "state": {**asdict(state), "elapsed_s": elapsed(loop)},
+            "rng": rng[0], **per_rank,
             "epoch_sums": {"loss": torch.tensor(loss, dtype=torch.float32), "correct": torch.tensor(correct),
                            "seen": seen},
             "data_order": {"seed": loop.cfg.trainer.seed, "epoch": state.epoch, "step": state.epoch_step},
@@ -811,7 +853,8 @@ def final_summary(model: nn.Module, data: Data, cfg: NinConfig, state: TrainStat
         best = build_model(cfg.model, cfg.head, data.image_shape, data.num_classes).to(data.test.images.device)
         best.load_state_dict(load_checkpoint(paths.best)["model"])
         best_test = evaluate(best, data.test, data.preprocessing, tr.eval_batch_size, False, amp)["error"]
-    rows = [line for line in paths.metrics.read_text().splitlines() if line.strip()]
+    text = paths.metrics.read_text(errors="replace") if paths.metrics.exists() else ""  # none: stopped in epoch 1
+    rows = [line for line in text.splitlines() if line.strip()]
     speeds = [json.loads(line)["images_per_s"] for line in rows]
     summary = {
         "experiment": cfg.experiment, "dataset": cfg.dataset.name, "model": cfg.model.name, "head": cfg.head.type,
@@ -821,7 +864,7 @@ def final_summary(model: nn.Module, data: Data, cfg: NinConfig, state: TrainStat
         "best_val_error": state.best_val_error if math.isfinite(state.best_val_error) else None,
         "best_epoch": state.best_epoch if state.best_epoch >= 0 else None, "best_test_error": best_test,
         "wall_time_s": wall_time, "images_per_s": sum(speeds) / len(speeds) if speeds else None,
-        "device": str(data.train.images.device), "seed": tr.seed,
+        "device": str(data.train.images.device), "seed": tr.seed, "stopped_because": state.stopped_because,
     }
     if rows:
         summary["final_train_loss"] = json.loads(rows[-1])["train_loss"]

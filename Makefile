@@ -16,10 +16,12 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+	$(BIN)/lint-imports
 
 # Train → info → eval → export (ONNX) → class maps on the bundled offline digits dataset (no download needed).
 demo: $(STAMP)

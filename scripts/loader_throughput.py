@@ -39,7 +39,7 @@ def main(overrides: list[str]) -> dict:
 
     from nin_cli.config import load_config
     from nin_cli.data import Split, load_data
-    from nin_cli.train import resolve_device
+    from nin_cli.runtime import resolve_device
 
     cfg = load_config(DEFAULT + overrides)
     device = resolve_device(cfg.trainer.device)

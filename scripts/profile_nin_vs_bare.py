@@ -15,7 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from nin_cli.bench import BenchOptions, bench_config, build_pipelines, time_bare_train, time_nin_train
 from nin_cli.config import load_config
-from nin_cli.train import tune_malloc
+from nin_cli.runtime import tune_malloc
 
 
 def main() -> None:

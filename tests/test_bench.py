@@ -13,7 +13,8 @@ import torch
 from nin_cli.bench import BenchOptions, bench_config, build_pipelines, time_nin_train
 from nin_cli.config import load_config
 from nin_cli.runs import RunPaths
-from nin_cli.train import EpochSums, Loop, NullWriter, StopRequest, TrainState, train_one_epoch, tune_malloc
+from nin_cli.runtime import tune_malloc
+from nin_cli.train import EpochSums, Loop, NullWriter, StopRequest, TrainState, train_one_epoch
 
 TINY = ["dataset=synthetic", "model=nin_small", "dataset.image_shape=[3,8,8]", "trainer.batch_size=8",
         "trainer.eval_batch_size=16", "trainer.num_threads=1"]

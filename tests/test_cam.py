@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from nin_cli.cam import CAPTION, CELL, colormap
+from nin_cli.maps import CAPTION, CELL, colormap
 from test_eval import fabricate
 from test_export import eager_model
 

@@ -9,7 +9,8 @@ import torch
 
 from conftest import FAST, run_subprocess
 from nin_cli.checkpoint import load_checkpoint
-from nin_cli.distributed import ERROR_FILE_ENV, Dist, printed_its_error, report_failure, root_cause, wrap_model
+from nin_cli.collectives import Dist, wrap_model
+from nin_cli.distributed import ERROR_FILE_ENV, printed_its_error, report_failure, root_cause
 from nin_cli.model import NIN
 
 # No batch norm (PyTorch's SyncBatchNorm has no CPU kernel: on the CPU each rank would normalise over its half of

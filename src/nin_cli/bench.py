@@ -31,7 +31,7 @@ from torch import nn
 from nin_cli.config import NinConfig
 from nin_cli.data import Data, Split
 from nin_cli.errors import ConfigError
-from nin_cli.train import tune_malloc
+from nin_cli.runtime import tune_malloc
 
 # Environment variables that change CPU speed; the report records them.
 TUNING_ENV = ("OMP_", "GOMP_", "KMP_", "MKL_", "DNNL_", "ONEDNN_", "GLIBC_TUNABLES", "LD_PRELOAD", "TORCHINDUCTOR_")
@@ -307,8 +307,8 @@ def time_nin_train(p: Pipelines) -> float:
 
 
 def time_nin_eval(p: Pipelines) -> float:
-    from nin_cli.evaluate import evaluate
-    from nin_cli.train import autocast_dtype
+    from nin_cli.metrics import evaluate
+    from nin_cli.runtime import autocast_dtype
 
     tr = p.cfg.trainer
     start = p.clock()
@@ -318,7 +318,7 @@ def time_nin_eval(p: Pipelines) -> float:
 
 
 def time_bare_train(p: Pipelines) -> float:
-    from nin_cli.train import autocast_dtype
+    from nin_cli.runtime import autocast_dtype
 
     t, amp, kind = p.bare, autocast_dtype(p.cfg.trainer.precision), p.device.type
     t.model.train()
@@ -336,7 +336,7 @@ def time_bare_train(p: Pipelines) -> float:
 
 @torch.no_grad()
 def time_bare_eval(p: Pipelines) -> float:
-    from nin_cli.train import autocast_dtype
+    from nin_cli.runtime import autocast_dtype
 
     amp = autocast_dtype(p.cfg.trainer.precision)
     p.bare.model.eval()
@@ -469,7 +469,7 @@ def summarize(rows: list[dict], flops: tuple[int, int], peak_bf16: float | None,
 
 def run_bench(cfg: NinConfig, opts: BenchOptions) -> dict:
     """Everything `nin bench --json` prints."""
-    from nin_cli.train import resolve_device
+    from nin_cli.runtime import resolve_device
 
     tr = cfg.trainer
     device = resolve_device(tr.device)
@@ -505,7 +505,7 @@ def profile_nin_step(cfg: NinConfig, opts: BenchOptions, rows: int = 20) -> str:
     """torch.profiler's table of the ops of one `train_one_epoch` (after a warm-up one), by self time."""
     from torch.profiler import ProfilerActivity, profile
 
-    from nin_cli.train import resolve_device
+    from nin_cli.runtime import resolve_device
 
     device = resolve_device(cfg.trainer.device)
     if opts.tune_malloc and device.type == "cpu":

@@ -457,7 +457,7 @@ def load_trained(path: str | Path, overrides: list[str] | tuple[str, ...] = (), 
     """Rebuild the model from a checkpoint alone (through `load_checkpoint`), in eval mode on `device`
     (default: the config's trainer.device, which overrides may change)."""
     from nin_cli.model import build_model
-    from nin_cli.train import resolve_device
+    from nin_cli.runtime import resolve_device
 
     path = Path(path)
     record = load_checkpoint(path)

@@ -10,11 +10,9 @@ synchronisation per step on a GPU (non-finite losses are then caught at the inte
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import math
-import platform
 import random
 import signal
 import threading
@@ -31,9 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nin_cli.checkpoint import load_checkpoint, save_checkpoint
-from nin_cli.config import NinConfig, OptimConfig, ScheduleConfig, to_dict
-from nin_cli.data import Data, Split, load_data, steps_per_epoch, to_input, train_batches
-from nin_cli.distributed import (
+from nin_cli.collectives import (
     Dist,
     agree_stop,
     all_sum,
@@ -44,6 +40,8 @@ from nin_cli.distributed import (
     shutdown,
     wrap_model,
 )
+from nin_cli.config import NinConfig, OptimConfig, ScheduleConfig, to_dict
+from nin_cli.data import Data, Split, load_data, steps_per_epoch, to_input, train_batches
 from nin_cli.errors import (
     CollapsedError,
     ConfigError,
@@ -53,8 +51,9 @@ from nin_cli.errors import (
     InterruptedNow,
     PeerFailed,
 )
-from nin_cli.evaluate import evaluate, evaluation_sums, metrics_from_sums
 from nin_cli.faults import inject
+from nin_cli.maps import log_class_maps
+from nin_cli.metrics import evaluate, evaluation_sums, metrics_from_sums
 from nin_cli.model import NIN, build_model
 from nin_cli.runs import (
     RunPaths,
@@ -67,6 +66,7 @@ from nin_cli.runs import (
     truncate_metrics,
     write_json,
 )
+from nin_cli.runtime import autocast_dtype, resolve_device, seed_everything, tune_malloc
 
 log = logging.getLogger("nin")
 
@@ -91,48 +91,6 @@ class TrainState:
 
 
 # ------------------------------------------------------------------------------------------- device and setup
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda: no CUDA device is visible; use trainer.device=auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("trainer.device=mps: MPS is not available here; use trainer.device=auto or cpu")
-    return torch.device(name)
-
-
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def tune_malloc() -> bool:
-    """Make glibc keep freed memory in its heap. By default every tensor over 32 MB is a fresh mmap, page-faulted
-    and zeroed by the kernel on each step (the paper NIN's 32×32 activations are 50-100 MB at batch 128):
-    ~15 % of a CPU training step (BENCHMARKS.md). Process-wide, like `GLIBC_TUNABLES=glibc.malloc.mmap_max=0`;
-    `nin train` and `nin bench` do it on the CPU. False off glibc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
 
 
 def build_optimizer(model: NIN, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -820,9 +778,7 @@ def finish(loop: Loop, wall_time: float) -> dict:
     """The test scores, the class maps and hyper-parameters in TensorBoard, summary.json."""
     cfg, paths = loop.cfg, loop.paths
     summary = final_summary(loop.model, loop.data, cfg, loop.state, paths, wall_time)
-    from nin_cli.cam import log_class_maps  # the paper's confidence maps of a few test images
-
-    log_class_maps(loop.writer, loop.model, loop.data, loop.state.step)
+    log_class_maps(loop.writer, loop.model, loop.data, loop.state.step)  # the paper's confidence maps
     loop.writer.add_hparams(hparams(cfg), {"hparam/val_error": summary["best_val_error"] or float("nan"),
                                            "hparam/test_error": summary["test_error"]},
                             run_name=".", global_step=loop.state.step)

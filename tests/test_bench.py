@@ -14,7 +14,7 @@ from nin_cli.bench import BenchOptions, bench_config, build_pipelines, time_nin_
 from nin_cli.config import load_config
 from nin_cli.runs import RunPaths
 from nin_cli.runtime import tune_malloc
-from nin_cli.train import EpochSums, Loop, NullWriter, StopRequest, TrainState, train_one_epoch
+from nin_cli.train import Loop, NullWriter, new_loop, train_one_epoch
 
 TINY = ["dataset=synthetic", "model=nin_small", "dataset.image_shape=[3,8,8]", "trainer.batch_size=8",
         "trainer.eval_batch_size=16", "trainer.num_threads=1"]
@@ -55,9 +55,8 @@ def loop_for(overrides: list[str], steps: int) -> Loop:
     """The Loop `nin bench` times: the real model, optimizer and data path on synthetic device tensors."""
     cfg = bench_config(load_config([*TINY, *overrides]), steps)
     p = build_pipelines(cfg, BenchOptions(steps=steps, conventional=False), torch.device("cpu"))
-    return Loop(p.cfg, RunPaths(Path("unused")), p.data, p.nin.model, p.nin.step_model, p.nin.optimizer,
-                p.nin.scaler, TrainState(), EpochSums.zeros(p.device), NullWriter(), StopRequest(),
-                torch.zeros((), dtype=torch.bool))
+    return new_loop(p.cfg, RunPaths(Path("unused")), p.data, p.nin.model, p.nin.step_model, p.nin.optimizer,
+                    p.nin.scaler)
 
 
 class Recorder(NullWriter):

@@ -296,11 +296,10 @@ def time_nin_train(p: Pipelines) -> float:
     """Seconds for one `train_one_epoch` of `steps` steps: batch order, augmentation, `to_input`, lr, step,
     device-side accumulation and its read-back, exactly as `nin train` runs them."""
     from nin_cli.runs import RunPaths
-    from nin_cli.train import EpochSums, Loop, NullWriter, StopRequest, TrainState, train_one_epoch
+    from nin_cli.train import new_loop, train_one_epoch
 
-    t, device = p.nin, p.device
-    loop = Loop(p.cfg, RunPaths(Path(os.devnull)), p.data, t.model, t.step_model, t.optimizer, t.scaler, TrainState(),
-                EpochSums.zeros(device), NullWriter(), StopRequest(), torch.zeros((), dtype=torch.bool, device=device))
+    t = p.nin
+    loop = new_loop(p.cfg, RunPaths(Path(os.devnull)), p.data, t.model, t.step_model, t.optimizer, t.scaler)
     start = p.clock()  # the run directory is never touched: bench_config turns mid-epoch saves off
     train_one_epoch(loop, lambda *a: None)
     return p.clock() - start  # it ends with .item(): the device is synchronised

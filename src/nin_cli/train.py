@@ -661,10 +661,7 @@ def setup(cfg: NinConfig, paths: RunPaths, stop: StopRequest, dist: Dist) -> Loo
         model = model.to(memory_format=torch.channels_last)
     if dist.rank:  # the same initial weights everywhere, but each process its own dropout masks
         torch.manual_seed(tr.seed * 1_000_003 + dist.rank)
-    loop = Loop(cfg, paths, data, model, model, build_optimizer(model, cfg.optim),
-                torch.amp.GradScaler(device.type, enabled=tr.precision == "fp16"), TrainState(),
-                EpochSums.zeros(device), NullWriter(), stop, torch.zeros((), dtype=torch.bool, device=device),
-                torch.zeros((), dtype=torch.long, device=device), dist)
+    loop = new_loop(cfg, paths, data, model, stop=stop, dist=dist)
     if dist.is_main:
         for path in remove_stale_temps(paths):
             log.info("removed %s, left by an interrupted write", path)
@@ -680,6 +677,19 @@ def setup(cfg: NinConfig, paths: RunPaths, stop: StopRequest, dist: Dist) -> Loo
         truncate_events(paths.tb, loop.state.step)
         loop.writer = SummaryWriter(str(paths.tb))
     return loop
+
+
+def new_loop(cfg: NinConfig, paths: RunPaths, data: Data, model: nn.Module, step_model: nn.Module | None = None,
+             optimizer: torch.optim.Optimizer | None = None, scaler: torch.amp.GradScaler | None = None,
+             stop: StopRequest | None = None, dist: Dist = Dist()) -> Loop:
+    """The one place a training loop is assembled (`setup`, `nin bench` and the tests alike): fresh state, sums and
+    device-side flags on the model's device; the optimizer and grad scaler from the config unless given."""
+    device = next(model.parameters()).device
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision == "fp16")
+    return Loop(cfg, paths, data, model, step_model or model, optimizer or build_optimizer(model, cfg.optim), scaler,
+                TrainState(), EpochSums.zeros(device), NullWriter(), stop or StopRequest(),
+                torch.zeros((), dtype=torch.bool, device=device), torch.zeros((), dtype=torch.long, device=device),
+                dist)
 
 
 class NullWriter:

@@ -86,7 +86,7 @@ def test_a_parity_failure_exits_1_with_one_line(nin, best, tmp_path, monkeypatch
     real = export.reload_runner
     monkeypatch.setattr(export, "reload_runner", lambda *a: (lambda x, run=real(*a): run(x) + 1e-3))
     result = nin("export", best, "--format", "safetensors", "--out", tmp_path / "m.safetensors")
-    assert result.code == 1 and len(result.err_lines) == 1 and "disagrees" in result.err
+    assert result.code == 6 and len(result.err_lines) == 1 and "disagrees" in result.err
     assert not (tmp_path / "m.safetensors.json").exists()
 
 

@@ -91,3 +91,17 @@ def test_the_run_s_own_overrides_still_replay(nin, shared_run):
 
     replayed = resume_overrides([f"hydra.run.dir={shared_run}"])
     assert [o.lstrip("+") for o in replayed if not o.startswith("hydra.run.dir")][:len(FAST)] == FAST
+
+
+def test_a_run_that_diverges_before_any_save_does_not_promise_a_checkpoint(nin, tmp_path, monkeypatch):
+    monkeypatch.setenv("NIN_FAULT_INJECT", "loss@2=nan")
+    result = nin("train", *FAST, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.code == 5 and len(result.err_lines) == 1, result.err
+    assert "no checkpoint had been saved yet" in result.err and "kept" not in result.err
+
+
+def test_a_signal_after_the_last_step_names_the_finished_epoch_not_the_next(nin, tmp_path, monkeypatch):
+    monkeypatch.setenv("NIN_FAULT_INJECT", "after_step@14=int")  # FAST: 7 steps per epoch, 2 epochs
+    result = nin("train", *FAST, "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.code == 130, result.err
+    assert "stopped at epoch 2 (finished), step 14" in result.err_lines[-1] and "epoch 3" not in result.err

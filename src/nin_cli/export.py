@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from nin_cli.errors import ConfigError, DataError, NinError
+from nin_cli.errors import CheckFailed, ConfigError, DataError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program": ".pt2",
            "safetensors": ".safetensors"}
@@ -25,10 +25,8 @@ TOLERANCE = 1e-4
 PARITY_IMAGES = 32
 
 
-class ParityError(NinError):
-    """The reloaded export disagrees with the eager model (exit 1: a bug, not a user error)."""
-
-    exit_code = 1
+class ParityError(CheckFailed):
+    """The reloaded export disagrees with the eager model: a check that did not hold (exit 6), not a crash."""
 
 
 def _batch_dim():

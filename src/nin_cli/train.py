@@ -259,7 +259,7 @@ def train_step(loop: Loop, images: torch.Tensor, labels: torch.Tensor, steps: in
         same = (logits.detach() == logits.detach()[:1]).all()
         loop.dead_steps = torch.where(same, loop.dead_steps + 1, torch.zeros_like(loop.dead_steps))
     if loop.check_every_step:
-        raise_if_diverged(loss.item(), state)
+        raise_if_not_finite(loop, loss.item())
         raise_if_collapsed(loop)
     else:
         loop.nonfinite |= ~torch.isfinite(loss.detach())
@@ -277,10 +277,29 @@ def train_step(loop: Loop, images: torch.Tensor, labels: torch.Tensor, steps: in
     return loss, mult
 
 
-def raise_if_diverged(loss: float, state: TrainState) -> None:
-    if not math.isfinite(loss):
-        raise DivergedError(f"training diverged: loss is {loss} at epoch {state.epoch + 1}, step {state.step + 1}; "
-                            "the last good checkpoint is kept")
+def raise_if_not_finite(loop: Loop, loss: float | None = None, weights: bool = False) -> None:
+    """The one non-finite check. `loss`: the step's loss, read every step on the CPU (before the update); on an
+    accelerator the device-side flag instead, read at each log interval and before every save; `weights`: the
+    weights, buffers and optimizer state, before a save, so no checkpoint ever holds NaN or inf."""
+    state = loop.state
+    if loss is not None and not math.isfinite(loss):
+        what = f"loss is {loss} at step {state.step + 1}"
+    elif not loop.check_every_step and loop.nonfinite.item():
+        what = f"a non-finite loss by step {state.step}"
+    elif weights and not all_finite(loop):
+        what = f"non-finite weights at step {state.step}"
+    else:
+        return
+    saved = loop.paths.last.exists() or loop.paths.best.exists()
+    raise DivergedError(f"training diverged: {what} (epoch {state.epoch + 1}); "
+                        + ("the last good checkpoint is kept" if saved else "no checkpoint had been saved yet"))
+
+
+def all_finite(loop: Loop) -> bool:
+    tensors = [t for t in loop.model.state_dict().values() if t.is_floating_point()]
+    tensors += [t for s in loop.optimizer.state.values() for t in s.values()
+                if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return not tensors or bool(torch.stack([t.isfinite().all() for t in tensors]).all())
 
 
 def raise_if_collapsed(loop: Loop) -> None:
@@ -304,9 +323,7 @@ def raise_if_collapsed(loop: Loop) -> None:
 def log_step(loop: Loop, loss: torch.Tensor, mult: float, images_per_s: float) -> None:
     """Step scalars for TensorBoard: the one host synchronisation per log interval."""
     state = loop.state
-    if not loop.check_every_step and loop.nonfinite.item():
-        raise DivergedError(f"training diverged: a non-finite loss by step {state.step} (epoch {state.epoch + 1}); "
-                            "the last good checkpoint is kept")
+    raise_if_not_finite(loop)
     loop.writer.add_scalar("step/loss", loss.item(), state.step)
     loop.writer.add_scalar("step/lr", loop.optimizer.param_groups[0]["base_lr"] * mult, state.step)
     loop.writer.add_scalar("step/images_per_s", images_per_s, state.step)
@@ -453,10 +470,11 @@ def out_of_time(loop: Loop) -> bool:
 
 
 def interrupted(loop: Loop) -> Interrupted:
-    signum = loop.stop.signum or signal.SIGINT
-    return Interrupted(f"{signal.Signals(signum).name}: stopped at epoch {loop.state.epoch + 1}, step "
-                       f"{loop.state.step}; saved {loop.paths.last}; `nin train hydra.run.dir={loop.paths.root}` "
-                       "continues", 128 + signum)
+    signum, state = loop.stop.signum or signal.SIGINT, loop.state
+    where = (f"at epoch {state.epoch + 1}, step {state.step}" if state.epoch_step else
+             f"at epoch {state.epoch} (finished), step {state.step}")  # between epochs: the one that ended
+    return Interrupted(f"{signal.Signals(signum).name}: stopped {where}; saved {loop.paths.last}; "
+                       f"`nin train hydra.run.dir={loop.paths.root}` continues", 128 + signum)
 
 
 def count_chance_epochs(state: TrainState, cfg: NinConfig, train: dict, num_classes: int) -> bool:
@@ -522,24 +540,11 @@ def restore_epoch_sums(loop: Loop, record: dict) -> None:
                           torch.as_tensor(sums["correct"], dtype=torch.long).to(device), int(sums["seen"]))
 
 
-def raise_if_not_finite(loop: Loop) -> None:
-    """No checkpoint ever holds NaN or inf: checked on the weights, buffers and optimizer state before a save."""
-    if not loop.check_every_step and loop.nonfinite.item():
-        raise DivergedError(f"training diverged: a non-finite loss by step {loop.state.step}; the last good "
-                            "checkpoint is kept")
-    tensors = [t for t in loop.model.state_dict().values() if t.is_floating_point()]
-    tensors += [t for s in loop.optimizer.state.values() for t in s.values()
-                if isinstance(t, torch.Tensor) and t.is_floating_point()]
-    if tensors and not torch.stack([t.isfinite().all() for t in tensors]).all():
-        raise DivergedError(f"training diverged: non-finite weights at step {loop.state.step}; the last good "
-                            "checkpoint is kept")
-
-
 def save_checkpoints(loop: Loop, best: bool) -> None:
     """best.pt (when improved) and last.pt, after TensorBoard is flushed: everything logged up to this step is on
     disk, so a resume from this checkpoint purges only what came later. Every process takes part (RNG states and
     sums are gathered); process 0 writes, and the others wait until the files are complete."""
-    raise_if_not_finite(loop)
+    raise_if_not_finite(loop, weights=True)
     loop.writer.flush()
     payload = checkpoint_payload(loop)
     if loop.dist.is_main:

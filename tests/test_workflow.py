@@ -1,0 +1,94 @@
+"""What a researcher reaches for around a run: stopping on purpose (early stopping, a time budget that survives a
+resume), progress lines without a terminal, SLURM's warning signal, metrics that stay valid JSON, run directories
+that never collide."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import torch
+
+from conftest import FAST
+from nin_cli.config import compose
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_early_stopping_ends_with_a_normal_summary_saying_why(nin, tmp_path):
+    run = tmp_path / "run"
+    # lr 1e-9: nothing improves after the first epoch, so patience 2 stops after epoch 3 of 10
+    result = nin("train", *FAST, "trainer.epochs=10", "optim.lr=1e-9", "trainer.early_stop_patience=2",
+                 f"hydra.run.dir={run}")
+    assert result.code == 0, result.err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 3 and len(rows(run)) == 3
+    assert summary["stopped_because"].startswith("early stopping: no better validation error for 2 epochs")
+    assert "stopped: early stopping" in result.err
+
+
+def test_the_time_limit_counts_the_time_spent_before_a_resume(nin, tmp_path):
+    run = tmp_path / "run"
+    first = nin("train", *FAST, "trainer.epochs=2", f"hydra.run.dir={run}")
+    assert first.code == 0, first.err
+    spent = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["state"]["elapsed_s"]
+    assert spent > 0
+    # extend the run with a budget already used up: it stops at once, with a summary, and says why
+    again = nin("train", f"hydra.run.dir={run}", "trainer.epochs=5", f"trainer.max_time={spent / 2}")
+    assert again.code == 0, again.err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["stopped_because"].startswith("time limit: trainer.max_time=")
+
+
+def test_plain_mode_prints_progress_lines_inside_an_epoch(nin, tmp_path):
+    result = nin("train", *FAST, "dataset.size=256", "trainer.progress_every_s=0.000001",
+                 f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.code == 0, result.err
+    lines = [line for line in result.err_lines if "step " in line and "epoch ETA" in line]
+    assert len(lines) >= 5  # one per step at this interval
+    assert re.search(r"^epoch 1/1  step 1/(\d+)  loss \d\.\d{4}  \d+ img/s  epoch ETA \dm\d\ds$", lines[0]), lines[0]
+    steps = [int(re.search(r"step (\d+)/", line).group(1)) for line in lines]
+    assert steps == sorted(set(steps)) and steps[-1] > steps[0]  # the epoch moves on from line to line
+
+
+def test_sigusr2_saves_last_pt_and_exits_140(nin, tmp_path, monkeypatch):
+    """submitit's SLURM launcher warns a job with SIGUSR2 (`--signal=USR2@90`): a real signal, sent mid-epoch."""
+    import nin_cli.train as train
+
+    real_step = train.train_step
+
+    def step(loop, *args):
+        out = real_step(loop, *args)
+        if loop.state.step == 3:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return out
+
+    monkeypatch.setattr(train, "train_step", step)
+    run = tmp_path / "run"
+    result = nin("train", *FAST, "trainer.epochs=2", f"hydra.run.dir={run}")
+    assert result.code == 140, result.err
+    assert result.err_lines[-1].startswith("nin: error: SIGUSR2: stopped at epoch 1, step 3; saved ")
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["state"]["step"] == 3
+    resumed = nin("train", f"hydra.run.dir={run}")
+    assert resumed.code == 0, resumed.err
+
+
+def test_metrics_jsonl_writes_null_never_nan(nin, tmp_path):
+    run = tmp_path / "run"
+    result = nin("train", *FAST, "dataset.val_size=0", f"hydra.run.dir={run}")  # no validation split: NaN metrics
+    assert result.code == 0, result.err
+    text = (run / "metrics.jsonl").read_text()
+    assert "NaN" not in text
+    row = json.loads(text.splitlines()[0], parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    assert row["val_error"] is None and row["val_loss"] is None
+
+
+def test_two_runs_composed_in_the_same_second_get_different_directories():
+    first = compose([], with_hydra=True).hydra.run.dir
+    second = compose([], with_hydra=True).hydra.run.dir
+    assert first != second and first[:len("outputs/train/2026")] == second[:len("outputs/train/2026")]

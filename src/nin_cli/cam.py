@@ -42,13 +42,10 @@ def load_image(path: Path, shape: list[int]) -> torch.Tensor:
 
 def test_images(trained, count: int) -> tuple[torch.Tensor, list[str]]:
     """The first `count` test images of the checkpoint's dataset as uint8, titled with their true class."""
-    import dataclasses
+    from nin_cli.data import raw_test_images
 
-    from nin_cli.data import load_data
-
-    test = load_data(dataclasses.replace(trained.cfg.dataset, preprocessing="none"), torch.device("cpu")).test
-    labels = test.labels[:count].tolist()
-    return test.images[:count], [f"test #{i}, true {trained.classes[c]}" for i, c in enumerate(labels)]
+    test = raw_test_images(trained.cfg.dataset, count)
+    return test.images, [f"test #{i}, true {trained.classes[c]}" for i, c in enumerate(test.labels.tolist())]
 
 
 def cam_command(path: Path, images: list[Path], top: int, out: Path | None, test: int = 0) -> None:

@@ -138,15 +138,30 @@ def prepare_split(split: Split, constants: dict, device: torch.device, chunk: in
     return Split(out, split.labels.to(device))
 
 
-def load_data(cfg: DatasetConfig, device: torch.device) -> Data:
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def load_data(cfg: DatasetConfig, device: torch.device, constants: dict | None = None,
+              splits: tuple[str, ...] = SPLIT_NAMES) -> Data:
+    """The dataset's splits, preprocessing fitted on the training split (or `constants`, a checkpoint's stored ones:
+    nothing is fitted, the inputs are exactly those training saw). Only `splits` are prepared on `device`; the others
+    stay raw uint8 on the CPU (`nin eval` scoring the test split never preprocesses SVHN's 600k training images)."""
     raw = read_dataset(cfg)
     train, val = split_validation(raw, cfg)
     test, classes = Split(raw.test_images, raw.test_labels), raw.classes
     del raw  # SVHN: the pre-split copy goes before the float16 one is made
-    constants = fit_preprocessing(train, cfg, device)
-    train = prepare_split(train, constants, device)
-    val, test = prepare_split(val, constants, device), prepare_split(test, constants, device)
-    return Data(train, val, test, classes, constants)
+    if constants is None:
+        constants = fit_preprocessing(train, cfg, device)
+    parts = {name: prepare_split(split, constants, device) if name in splits else split
+             for name, split in zip(SPLIT_NAMES, (train, val, test), strict=True)}
+    return Data(parts["train"], parts["val"], parts["test"], classes, constants)
+
+
+def raw_test_images(cfg: DatasetConfig, count: int) -> Split:
+    """The first `count` test images as uint8 on the CPU, nothing fitted or preprocessed (`nin cam --test`, the
+    export parity check)."""
+    test = load_data(cfg, torch.device("cpu"), constants={"kind": "none"}, splits=()).test
+    return Split(test.images[:count], test.labels[:count])
 
 
 def describe_data(cfg: DatasetConfig) -> tuple[dict, list[str]]:

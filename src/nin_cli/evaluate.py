@@ -8,13 +8,12 @@ confusion matrix: a rich table, JSON, a PNG and a TensorBoard image.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
-from nin_cli.data import Data, load_data, prepare_split
+from nin_cli.data import Data, load_data
 from nin_cli.errors import ConfigError, DataError
 from nin_cli.metrics import classification_metrics, evaluate, predict_log_probs  # noqa: F401 (evaluate: re-exported)
 
@@ -30,17 +29,14 @@ PREPROCESSING_KEYS = ("preprocessing", "gcn_scale", "zca_bias")
 # ------------------------------------------------------------------------------------------------- data
 
 
-def load_eval_data(trained, device: torch.device) -> Data:
-    """The dataset the overridden config names, preprocessed with the checkpoint's constants while the overrides
-    leave preprocessing as trained (the ZCA travels in the checkpoint), else fitted afresh on its training split."""
+def load_eval_data(trained, device: torch.device, split: str) -> Data:
+    """The split the overridden config names, preprocessed with the checkpoint's constants while the overrides
+    leave preprocessing as trained (the ZCA travels in the checkpoint; nothing is fitted, no other split is
+    prepared), else fitted afresh on its training split."""
     ds = trained.cfg.dataset
     stored = trained.record["config"].get("dataset", {})
-    if any(stored.get(k) != getattr(ds, k) for k in PREPROCESSING_KEYS):
-        data = load_data(ds, device)
-    else:
-        raw = load_data(dataclasses.replace(ds, preprocessing="none"), torch.device("cpu"))  # uint8, nothing fitted
-        consts = trained.preprocessing
-        data = Data(*(prepare_split(s, consts, device) for s in (raw.train, raw.val, raw.test)), raw.classes, consts)
+    refit = any(stored.get(k) != getattr(ds, k) for k in PREPROCESSING_KEYS)
+    data = load_data(ds, device, None if refit else trained.preprocessing, splits=(split,))
     if data.num_classes != len(trained.classes) or data.image_shape != trained.image_shape:
         raise ConfigError(f"dataset={ds.name} gives {data.num_classes} classes of {data.image_shape} images; the "
                           f"checkpoint's model takes {len(trained.classes)} classes of {trained.image_shape}")
@@ -56,7 +52,7 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str], split: str = "te
         raise ConfigError(f"--split {split}: must be one of {', '.join(SPLITS)}")
     trained = load_trained(path, overrides)
     device = next(trained.model.parameters()).device
-    data = load_eval_data(trained, device)
+    data = load_eval_data(trained, device, split)
     part = getattr(data, split)
     if len(part) == 0:
         raise DataError(f"dataset={trained.cfg.dataset.name} has no {split} images (dataset.val_size=0?)")

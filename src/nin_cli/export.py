@@ -89,13 +89,10 @@ def reload_runner(fmt: str, out: Path, trained) -> Callable[[torch.Tensor], torc
 def parity_inputs(trained) -> tuple[torch.Tensor, str]:
     """Up to PARITY_IMAGES real test images, preprocessed with the checkpoint's constants; random inputs only when
     the dataset is not on this machine (said so in the output)."""
-    import dataclasses
-
-    from nin_cli.data import load_data, to_input
+    from nin_cli.data import raw_test_images, to_input
 
     try:
-        raw = load_data(dataclasses.replace(trained.cfg.dataset, preprocessing="none"), torch.device("cpu"))
-        images = raw.test.images[:PARITY_IMAGES]
+        images = raw_test_images(trained.cfg.dataset, PARITY_IMAGES).images
     except DataError:
         images = torch.zeros(0)
     if len(images) >= 2 and list(images.shape[1:]) == trained.image_shape:

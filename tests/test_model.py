@@ -11,7 +11,7 @@ PRESETS = [  # (overrides, image shape, classes, parameters from paper.md)
     (["model=nin_cifar10"], [3, 32, 32], 100, 984_356),
     (["model=nin_mnist"], [1, 28, 28], 10, 349_674),
     (["model=nin_svhn"], [3, 32, 32], 10, 1_986_026),
-    (["model=nin_imagenet"], [3, 224, 224], 1000, 7_595_176),
+    (["model=nin_imagenet", "dataset.image_shape=[3,224,224]"], [3, 224, 224], 1000, 7_595_176),
 ]
 
 

@@ -101,7 +101,7 @@ def test_forced_nan_exits_5_within_one_step_and_no_checkpoint_holds_it(nin, tmp_
     run = tmp_path / "run"
     result = nin("train", *TINY, f"hydra.run.dir={run}")
     assert result.code == 5, result.err
-    assert result.err_lines[-1] == ("nin: error: training diverged: loss is nan at epoch 1, step 6; the last good "
+    assert result.err_lines[-1] == ("nin: error: training diverged: loss is nan at step 6 (epoch 1); the last good "
                                     "checkpoint is kept")
     record = last_checkpoint(run)
     assert record["state"]["step"] == 4 and all_finite(record)

@@ -31,7 +31,8 @@ from torch import nn
 from nin_cli.config import NinConfig
 from nin_cli.data import Data, Split
 from nin_cli.errors import ConfigError
-from nin_cli.runtime import tune_malloc
+from nin_cli.files import one_line
+from nin_cli.runtime import autocast, tune_malloc
 
 # Environment variables that change CPU speed; the report records them.
 TUNING_ENV = ("OMP_", "GOMP_", "KMP_", "MKL_", "DNNL_", "ONEDNN_", "GLIBC_TUNABLES", "LD_PRELOAD", "TORCHINDUCTOR_")
@@ -324,7 +325,7 @@ def time_bare_train(p: Pipelines) -> float:
     start = p.clock()
     for x, y in p.bare_train:
         t.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(kind, dtype=amp or torch.float32, enabled=amp is not None):
+        with autocast(kind, amp):
             loss = F.cross_entropy(t.step_model(x), y)
         t.scaler.scale(loss).backward()
         t.scaler.step(t.optimizer)
@@ -341,7 +342,7 @@ def time_bare_eval(p: Pipelines) -> float:
     p.bare.model.eval()
     start = p.clock()
     for x, _ in p.bare_eval:
-        with torch.autocast(p.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with autocast(p.device.type, amp):
             p.bare.model(x)
     synchronize(p.device)
     return p.clock() - start
@@ -483,7 +484,7 @@ def run_bench(cfg: NinConfig, opts: BenchOptions) -> dict:
     try:
         flops = flops_per_image(cfg, shape, classes)
     except (ValueError, RuntimeError) as err:
-        raise ConfigError(f"model does not fit image_shape={shape}: {' '.join(str(err).split())}") from None
+        raise ConfigError(f"model does not fit image_shape={shape}: {one_line(err)}") from None
     p = build_pipelines(bench_config(cfg, opts.steps), opts, device)
     peak_size = opts.peak_size or (2048 if device.type == "cpu" else 8192)
     rows = run_rounds(p, opts.rounds, peak_size)

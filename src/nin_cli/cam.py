@@ -17,6 +17,7 @@ from PIL import Image
 
 from nin_cli.data import to_input
 from nin_cli.errors import ConfigError, DataError
+from nin_cli.files import one_line
 from nin_cli.maps import cam_grid, class_maps_and_probs
 
 # ------------------------------------------------------------------------------------------------- nin cam
@@ -33,7 +34,7 @@ def load_image(path: Path, shape: list[int]) -> torch.Tensor:
     except FileNotFoundError:
         raise DataError(f"{path}: no such image file") from None
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path}: not a readable image ({' '.join(str(err).split())})") from None
+        raise DataError(f"{path}: not a readable image ({one_line(err)})") from None
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
     array = np.array(image, dtype=np.uint8)  # a writable copy for torch

@@ -41,6 +41,7 @@ import torch
 
 from nin_cli.errors import ConfigError, DataError, NinError, UnsafeFileError
 from nin_cli.faults import inject
+from nin_cli.files import one_line
 
 FORMAT = "nin-checkpoint"
 VERSION = 1
@@ -391,7 +392,7 @@ def _check_record(path: Path, record: Any) -> dict:
 
 
 def _short(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
+    text = one_line(err) or type(err).__name__
     return text[:160] + ("…" if len(text) > 160 else "")
 
 
@@ -424,7 +425,7 @@ def checkpoint_config(stored: dict, overrides: list[str]) -> Any:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except (HydraException, RecursionError) as err:
-        raise ConfigError(f"bad override: {' '.join(str(err).split())[:300] or 'nested too deeply'}") from None
+        raise ConfigError(f"bad override: {one_line(err, 300) or 'nested too deeply'}") from None
     for o in parsed:
         if o.is_delete():
             raise ConfigError(f"'{o.input_line}': removing keys does not apply to a trained model's config")

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from nin_cli.errors import ConfigError, NinError
+from nin_cli.files import one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
@@ -80,7 +81,7 @@ def info(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=
         net = build_model(cfg.model, cfg.head, shape, classes)
         stats = block_stats(net, shape)
     except (ValueError, RuntimeError) as err:
-        raise ConfigError(f"model does not fit image_shape={shape}: {' '.join(str(err).split())}") from None
+        raise ConfigError(f"model does not fit image_shape={shape}: {one_line(err)}") from None
     params = sum(p.numel() for p in net.parameters())
     flops = sum(s.flops_forward for s in stats)
     if as_json:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nin_cli.errors import ConfigError, DataError
+from nin_cli.files import one_line
 
 RUN_FILES = ("config.yaml", "summary.json", "provenance.json")
 PROVENANCE_KEYS = ("git_commit", "git_dirty", "versions", "python", "device")
@@ -24,7 +25,7 @@ PROVENANCE_KEYS = ("git_commit", "git_dirty", "versions", "python", "device")
 
 
 def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
+    return one_line(err)
 
 
 def _read_text(path: Path, needed_for: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nin_cli.errors import ConfigError, DataError, UnsafeFileError
+from nin_cli.files import one_line
 
 
 def _choice(default: Any, *choices: Any) -> Any:
@@ -371,7 +372,7 @@ def to_dict(cfg: NinConfig) -> dict:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return one_line(text)
 
 
 def group_options(group: str) -> list[str]:

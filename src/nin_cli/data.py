@@ -77,7 +77,7 @@ def split_validation(raw: RawData, cfg: DatasetConfig) -> tuple[Split, Split]:
     return (Split(images, labels) if cfg.train_on == "train+val" else rest), val
 
 
-def content_hash(*tensors: torch.Tensor) -> str:
+def tensors_digest(*tensors: torch.Tensor) -> str:
     """sha256 over the tensors' shapes and bytes: the key of anything fitted on them."""
     digest = hashlib.sha256()
     for t in tensors:
@@ -114,7 +114,7 @@ def cached_zca(images: torch.Tensor, cfg: DatasetConfig, device: torch.device) -
     if dim > MAX_ZCA_DIM:
         raise ConfigError(f"dataset.preprocessing=gcn_zca on {list(images.shape[1:])} images needs a {dim}×{dim} "
                           f"whitening matrix (at most {MAX_ZCA_DIM}); use mean_std or smaller images")
-    key = content_hash(images) + f"-s{cfg.gcn_scale:g}-b{cfg.zca_bias:g}"
+    key = tensors_digest(images) + f"-s{cfg.gcn_scale:g}-b{cfg.zca_bias:g}"
     path = Path(cfg.cache_dir).expanduser() / "zca" / f"{key}.pt"
     cached = read_cache(path)
     if cached is not None:

@@ -29,6 +29,7 @@ from torchvision.datasets.utils import calculate_md5
 
 from nin_cli.config import DatasetConfig
 from nin_cli.errors import ConfigError, DataError
+from nin_cli.files import atomic_write, one_line
 
 log = logging.getLogger(__name__)
 # torchvision.datasets.folder.IMG_EXTENSIONS, spelled out: a cached run need not import torchvision at all.
@@ -72,7 +73,7 @@ def per_class_tail(labels: torch.Tensor, per_class: list[int], what: str) -> tor
 
 
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
+    text = one_line(err) or type(err).__name__
     return text if len(text) < 200 else text[:197] + "..."
 
 
@@ -185,13 +186,11 @@ def _unpack_idx(cfg: DatasetConfig, raw: Path, resources: list[tuple[str, str]],
         if not packed.is_file():
             missing.append(name)
             continue
-        tmp = unpacked.with_suffix(".tmp")
         try:
-            with gzip.open(packed, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            with gzip.open(packed, "rb") as src:
+                atomic_write(unpacked, lambda dst, src=src: shutil.copyfileobj(src, dst))
         except (OSError, EOFError) as err:
             raise DataError(f"mnist: {packed} could not be unpacked ({_one_line(err)}); it is corrupt") from None
-        os.replace(tmp, unpacked)
     if missing:
         raise DataError(f"mnist: not found under {raw} (missing {', '.join(missing)}); get them with "
                         f"`nin data dataset=mnist --download` where a network exists, or {fetch}")
@@ -375,13 +374,10 @@ def read_cache(path: Path) -> dict | None:
 
 def write_cache(path: Path, payload: dict) -> None:
     """Atomic (write, then rename), so a crash or a concurrent run never leaves half a cache behind."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.save(payload, f))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         log.warning("could not write the cache %s (%s); the next run decodes again", path, _one_line(err))
 
 

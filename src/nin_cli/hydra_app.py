@@ -18,6 +18,7 @@ from typing import Any
 
 from nin_cli.config import NinConfig, config_dir, schema_overrides, to_config
 from nin_cli.errors import ConfigError, DataError, Interrupted, InterruptedNow, NinError, save_traceback
+from nin_cli.files import one_line
 
 
 def _log_file(run_dir: Path) -> Path:
@@ -26,7 +27,7 @@ def _log_file(run_dir: Path) -> Path:
 
 def _crash_line(err: BaseException, where: str) -> str:
     """One line for a bug, whatever the exception's message looks like; `where`: where its traceback went."""
-    text = " ".join(str(err).split())
+    text = one_line(err)
     text = text[:200] + "…" if len(text) > 200 else text
     return f"internal error ({type(err).__name__}{': ' + text if text else ''}); {where}"
 
@@ -180,7 +181,7 @@ def hydra_multirun(overrides: list[str], task_function: Callable[[Any], Any]) ->
                 config=cfg, hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
                 task_function=task_function)
         except (ImportError, HydraException) as err:  # a plugin registered but its own dependencies missing
-            raise ConfigError(f"cannot start the sweeper or launcher ({' '.join(str(err).split())[:200]}); "
+            raise ConfigError(f"cannot start the sweeper or launcher ({one_line(err, 200)}); "
                               "install the sweep plugins: pip install -e '.[sweep]'") from None
         ret = sweeper.sweep(arguments=OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False))
         callbacks.on_multirun_end(config=cfg, config_name="config")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nin_cli.data import Split, eval_batches, to_input
+from nin_cli.runtime import autocast
 
 ECE_BINS = 15
 
@@ -24,7 +25,7 @@ def predict_logits(model: nn.Module, split: Split, preprocessing: dict, batch_si
     device = split.images.device
     outputs = []
     for images, _ in eval_batches(split, batch_size):
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with autocast(device.type, autocast_dtype):
             outputs.append(model(to_input(images, preprocessing, channels_last)).float())
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.zeros(0, 0, device=device)

@@ -14,15 +14,14 @@ pyplot, no global backend switch, nothing shown. The PNG is written whole (temp 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nin_cli.errors import ConfigError, DataError
+from nin_cli.files import atomic_write, one_line
 
 X_AXES = ("epoch", "minutes")
 PANELS = (("train_loss", "Training loss", "cross-entropy (nats)"),
@@ -60,7 +59,7 @@ def read_curve(run: Path) -> Curve:
     except FileNotFoundError:
         raise DataError(f"{metrics}: missing (no epoch finished in this run yet)") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{metrics}: not readable ({' '.join(str(err).split())})") from None
+        raise DataError(f"{metrics}: not readable ({one_line(err)})") from None
     curve = Curve(run, config, values={key: [] for key, _, _ in PANELS})
     elapsed = 0.0
     for number, line in enumerate(lines, 1):
@@ -69,7 +68,7 @@ def read_curve(run: Path) -> Curve:
         try:
             row = json.loads(line)
         except ValueError as err:
-            raise DataError(f"{metrics}: line {number} is not JSON ({' '.join(str(err).split())})") from None
+            raise DataError(f"{metrics}: line {number} is not JSON ({one_line(err)})") from None
         if not isinstance(row, dict):
             raise DataError(f"{metrics}: line {number} is not a JSON object")
         epoch = _number(row.get("epoch"))
@@ -245,15 +244,11 @@ def plot_runs(paths: list[Path], out: Path, x: str = "epoch") -> Path:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(2, len(labels)), frameon=False)
 
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        atomic_write(out, lambda f: fig.savefig(f, format="png"))
     except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise DataError(f"{out}: cannot write the plot ({' '.join(str(err).split())})") from None
+        raise DataError(f"{out}: cannot write the plot ({one_line(err)})") from None
     return out
 
 

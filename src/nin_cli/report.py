@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nin_cli.errors import DataError
+from nin_cli.files import atomic_write, one_line
 
 T1, T2, T3, T4 = "Table 1 · CIFAR-10", "Table 2 · CIFAR-100", "Table 3 · SVHN", "Table 4 · MNIST"
 T5, T46, TZ = "Table 5 · GAP vs FC, CIFAR-10", "§4.6 · GAP on a conventional CNN, CIFAR-10", "Model zoo · ImageNet"
@@ -107,7 +108,7 @@ def _read_json(path: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not a readable JSON file ({' '.join(str(err).split())})") from None
+        raise DataError(f"{path}: not a readable JSON file ({one_line(err)})") from None
 
 
 def _read_config(path: Path) -> dict:
@@ -118,7 +119,7 @@ def _read_config(path: Path) -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, yaml.YAMLError) as err:
-        raise DataError(f"{path}: not a readable config ({' '.join(str(err).split())})") from None
+        raise DataError(f"{path}: not a readable config ({one_line(err)})") from None
 
 
 def _custom_meta(config: dict) -> dict:
@@ -439,16 +440,13 @@ def failed_checks(lines: list[Line]) -> list[str]:
 
 def write_outputs(lines: list[Line], out_dir: Path) -> tuple[Path, Path]:
     """results/table.md and results/table.csv, each written whole (temp file + rename)."""
-    import os
 
     out_dir.mkdir(parents=True, exist_ok=True)
     budgets = sorted({ln.budget for ln in lines if ln.budget}, key=lambda b: BUDGET_ORDER.index(b)
                      if b in BUDGET_ORDER else 9)
     paths = (out_dir / "table.md", out_dir / "table.csv")
     for path, text in zip(paths, (to_markdown(lines, header_text(budgets)), to_csv(lines)), strict=True):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write(path, text)
     return paths
 
 

@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from nin_cli.files import atomic_write, one_line
+
 log = logging.getLogger("nin")
 
 
@@ -53,9 +55,7 @@ class RunPaths:
 
 def write_text(path: Path, text: str) -> None:
     """Write a file atomically (temp file + rename) so a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -149,12 +149,9 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
     damaged = epochs.count(None)
     if damaged > 1 or (damaged and epochs[-1] is not None):  # a last line cut short by a crash is expected
         log.warning("dropped %d damaged line(s) of %s", damaged, path)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_bytes(b"".join(line + b"\n" for line in kept))
-        os.replace(tmp, path)
+        atomic_write(path, b"".join(line + b"\n" for line in kept))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"{path}: cannot rewrite it ({err.strerror or err})") from None
 
 
@@ -219,7 +216,7 @@ def truncate_events(tb: Path, last_step: int) -> None:
         try:  # the loader stops at the first damaged record (bad CRC, cut short): the records before it are kept
             files.append((path, list(RawEventFileLoader(str(path)).Load()), path.stat().st_size))
         except Exception as err:  # noqa: BLE001 - whatever the reader trips on: name the file, never a traceback
-            why = " ".join(str(err).split())[:120] or type(err).__name__
+            why = one_line(err, 120) or type(err).__name__
             raise DataError(f"{path}: unreadable TensorBoard event file ({why}); move it away to resume this "
                             "run") from None
     for path, records, size in files:
@@ -228,17 +225,14 @@ def truncate_events(tb: Path, last_step: int) -> None:
             continue  # 16: a record's length, its CRC and the data's CRC
         if sum(len(r) + 16 for r in records) != size:
             log.warning("%s: kept the %d complete records before the damaged or cut-short end", path, len(records))
-        tmp = tb / f".truncate.{os.getpid()}.tmp"
+        def write(f, kept=kept) -> None:
+            writer = RecordWriter(f)
+            for record in kept:
+                writer.write(record)
+
         try:
-            with open(tmp, "wb") as f:
-                writer = RecordWriter(f)
-                for record in kept:
-                    writer.write(record)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic_write(path, write, fsync=True)
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise DataError(f"{path}: cannot rewrite it ({err.strerror or err})") from None
 
 
@@ -273,7 +267,7 @@ def _run_overrides(run_dir: Path) -> list[str]:
     try:
         items = yaml.safe_load(path.read_bytes())
     except (OSError, yaml.YAMLError, RecursionError) as err:
-        raise DataError(f"{path}: unreadable ({' '.join(str(err).split())[:160]}); repair or remove it to resume "
+        raise DataError(f"{path}: unreadable ({one_line(err, 160)}); repair or remove it to resume "
                         "this run") from None
     return check_replayed_overrides([] if items is None else items, path)
 

@@ -31,6 +31,12 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def autocast(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
+    """Mixed precision when the config asks for it (`dtype` from `autocast_dtype`), a disabled context otherwise:
+    the one spelling every forward pass (training, evaluation, bench) uses."""
+    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def tune_malloc() -> bool:
     """Make glibc keep freed memory in its heap. By default every tensor over 32 MB is a fresh mmap, page-faulted
     and zeroed by the kernel on each step (the paper NIN's 32×32 activations are 50-100 MB at batch 128):

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from nin_cli.config import NinConfig, check_overrides, config_dir, hydra_error, schema_overrides, to_config, to_dict
 from nin_cli.errors import ConfigError, DataError, DivergedError, Interrupted, NinError, UnsafeFileError
+from nin_cli.files import one_line
 from nin_cli.report import Line, Row, RunRecord, format_error
 
 log = logging.getLogger("nin")
@@ -312,7 +313,7 @@ def _finished_run(cfg: NinConfig, run_dir: Path) -> dict | None:
 def _record_failure(run_dir: Path, reason: str, exit_code: int) -> float:
     from nin_cli.runs import write_json
 
-    reason = " ".join(reason.split())  # one line in the summary, whatever the error said
+    reason = one_line(reason)  # one line in the summary, whatever the error said
     log.error("job %s failed: %s", run_dir, reason)
     write_json(run_dir / FAILURE, {"reason": reason, "exit_code": exit_code,
                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -52,6 +52,7 @@ from nin_cli.errors import (
     PeerFailed,
 )
 from nin_cli.faults import inject
+from nin_cli.files import one_line
 from nin_cli.maps import log_class_maps
 from nin_cli.metrics import evaluate, evaluation_sums, metrics_from_sums
 from nin_cli.model import NIN, build_model
@@ -66,7 +67,7 @@ from nin_cli.runs import (
     truncate_metrics,
     write_json,
 )
-from nin_cli.runtime import autocast_dtype, resolve_device, seed_everything, tune_malloc
+from nin_cli.runtime import autocast, autocast_dtype, resolve_device, seed_everything, tune_malloc
 
 log = logging.getLogger("nin")
 
@@ -250,7 +251,7 @@ def train_step(loop: Loop, images: torch.Tensor, labels: torch.Tensor, steps: in
         group["lr"] = group["base_lr"] * (bias_mult if group.get("is_bias") else mult)
     amp = autocast_dtype(tr.precision)
     device = images.device
-    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+    with autocast(device.type, amp):
         logits = loop.step_model(to_input(images, loop.data.preprocessing, tr.channels_last))
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=tr.label_smoothing)
     if inject("loss", state.step + 1):
@@ -596,7 +597,7 @@ def restore(path: Path, record: dict, loop: Loop) -> None:
         loop.model.load_state_dict(record["model"])
         loop.optimizer.load_state_dict(record["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
-        raise ConfigError(f"{path} does not fit the configured model or optimizer ({' '.join(str(err).split())[:200]}"
+        raise ConfigError(f"{path} does not fit the configured model or optimizer ({one_line(err, 200)}"
                           "); resume with the run's own config") from None
     if record.get("scaler"):
         loop.scaler.load_state_dict(record["scaler"])
@@ -721,7 +722,7 @@ def fit(cfg: NinConfig, run_dir: Path, dist: Dist | None = None) -> dict | None:
                 if not lost_peer(err, dist):
                     raise
                 raise PeerFailed(f"rank {dist.rank} lost contact with the other processes: "
-                                 f"{' '.join(str(err).split())[:160]}") from None
+                                 f"{one_line(err, 160)}") from None
             finally:
                 loop.writer.close()
     finally:
@@ -773,7 +774,7 @@ def read_restarts(path: Path) -> list[dict]:
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as err:
-        raise DataError(f"{path}: unreadable ({' '.join(str(err).split())[:120]}); repair or remove it") from None
+        raise DataError(f"{path}: unreadable ({one_line(err, 120)}); repair or remove it") from None
     if not isinstance(restarts, list) or not all(isinstance(r, dict) and isinstance(r.get("seed"), int)
                                                  for r in restarts):
         raise DataError(f"{path}: not a list of restarts; repair or remove it")

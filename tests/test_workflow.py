@@ -92,3 +92,24 @@ def test_two_runs_composed_in_the_same_second_get_different_directories():
     first = compose([], with_hydra=True).hydra.run.dir
     second = compose([], with_hydra=True).hydra.run.dir
     assert first != second and first[:len("outputs/train/2026")] == second[:len("outputs/train/2026")]
+
+
+def test_version_and_hydra_habits_get_one_line_pointers(nin):
+    from importlib.metadata import version
+
+    result = nin("--version")
+    assert result.code == 0 and result.out.strip() == f"nin {version('nin-cli')}"
+    for habit, pointer in (("-m", "use `nin sweep"), ("--multirun", "use `nin sweep"), ("--cfg", "use `nin info"),
+                           ("--info", "use `nin info")):
+        result = nin("train", habit, "trainer.epochs=1")
+        assert result.code == 2 and len(result.err_lines) == 1 and pointer in result.err, (habit, result.err)
+
+
+def test_help_lists_every_config_group_and_its_options(nin):
+    from nin_cli.config import GROUPS, group_options
+
+    for args in (["--help"], ["train", "--help"], ["sweep", "--help"]):
+        text = " ".join(nin(*args).out.split())
+        for group in GROUPS:
+            assert f"{group}= " in text, (args, group)
+        assert "paper_mnist" in text and "nin_imagenet" in text and len(group_options("experiment")) > 10

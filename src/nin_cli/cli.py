@@ -13,13 +13,37 @@ import typer
 from nin_cli.errors import ConfigError, NinError
 from nin_cli.files import one_line
 
+
+def _groups_epilog() -> str:
+    """The config groups and their options, for --help (read from conf/, so a new preset shows up by itself)."""
+    from nin_cli.config import GROUPS, group_options
+
+    return "Config groups (OVERRIDES: group=option, key=value): " + "; ".join(
+        f"{group}= {', '.join(group_options(group))}" for group in GROUPS) + "."
+
+
+EPILOG = _groups_epilog()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  rich_markup_mode=None,
+                  rich_markup_mode=None, epilog=EPILOG,
                   help="Train, evaluate, sweep, export and inspect Network In Network classifiers.")
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-@app.command(context_settings=OVERRIDES)
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"nin {version('nin-cli')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print nin's version and exit.")) -> None:
+    """Train, evaluate, sweep, export and inspect Network In Network classifiers."""
+
+
+@app.command(context_settings=OVERRIDES, epilog=EPILOG)
 def train(ctx: typer.Context) -> None:
     """Train one model: nin train [OVERRIDES...], e.g. dataset=cifar100 model.micro_depth=3."""
     from nin_cli.config import load_config
@@ -46,7 +70,7 @@ def train(ctx: typer.Context) -> None:
           + (f", best val error {best:.2f}% (epoch {summary['best_epoch']})" if best is not None else ""))
 
 
-@app.command(context_settings=OVERRIDES)
+@app.command(context_settings=OVERRIDES, epilog=EPILOG)
 def sweep(ctx: typer.Context,
           summary: Path | None = typer.Option(None, "--summary", metavar="DIR",
                                               help="Only (re)write and print the summary of the sweep in DIR."),
@@ -63,7 +87,7 @@ def sweep(ctx: typer.Context,
     run_sweep(list(ctx.args), dry_run=dry_run)
 
 
-@app.command(context_settings=OVERRIDES)
+@app.command(context_settings=OVERRIDES, epilog=EPILOG)
 def info(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Resolved config, parameters and FLOPs per mlpconv block."""
     from omegaconf import OmegaConf
@@ -102,7 +126,7 @@ def info(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=
     console.print(table)
 
 
-@app.command(context_settings=OVERRIDES)
+@app.command(context_settings=OVERRIDES, epilog=EPILOG)
 def data(ctx: typer.Context,
          download: bool = typer.Option(False, "--download", help="Fetch missing files (where a network exists)."),
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
@@ -120,7 +144,7 @@ def data(ctx: typer.Context,
     print(json.dumps(report) if as_json else format_report(report, classes))
 
 
-@app.command("eval", context_settings=OVERRIDES)
+@app.command("eval", context_settings=OVERRIDES, epilog=EPILOG)
 def eval_(ctx: typer.Context,
           checkpoint: Path = typer.Argument(..., metavar="CKPT", readable=False,
                                             help="A nin checkpoint (RUN/checkpoints/best.pt)."),
@@ -238,7 +262,7 @@ def plot(paths: list[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP",
     print(f"wrote {written}")
 
 
-@app.command(context_settings=OVERRIDES)
+@app.command(context_settings=OVERRIDES, epilog=EPILOG)
 def bench(ctx: typer.Context,
           as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
           steps: int = typer.Option(5, "--steps", min=1, help="Timed training steps per measurement."),

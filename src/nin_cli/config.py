@@ -513,6 +513,11 @@ def check_overrides(overrides: list[str], allow_sweep: bool = False) -> None:
         if _nesting(item) > MAX_NESTING:
             raise ConfigError(f"bad override '{item[:40]}...': nested {_nesting(item):,} levels deep (at most "
                               f"{MAX_NESTING})")
+        if item in ("-m", "--multirun"):
+            raise ConfigError(f"'{item}' is Hydra's multirun: use `nin sweep OVERRIDES...` for several runs")
+        if item in ("--cfg", "-c", "--info", "-i") or item.startswith(("--cfg=", "--info=")):
+            raise ConfigError(f"'{item}' is Hydra's config printer: use `nin info OVERRIDES...` (`--json` for a "
+                              "machine-readable resolved config)")
         if item.startswith("-"):
             raise ConfigError(f"unknown option '{item}'; overrides look like key=value (see `nin --help`)")
         if "=" not in item:

@@ -16,7 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from nin_cli.errors import ConfigError, DataError, UnsafeFileError
+from nin_cli.errors import ConfigError, DataError, UnknownKeyError, UnsafeFileError
 from nin_cli.files import one_line
 
 
@@ -193,11 +193,11 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
-def _unknown_key(path: str, key: str, known: list[str]) -> ConfigError:
+def _unknown_key(path: str, key: str, known: list[str]) -> UnknownKeyError:
     full = f"{path}.{key}" if path else key
     near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f" (did you mean '{full.rsplit('.', 1)[0] + '.' if path else ''}{near[0]}'?)" if near else ""
-    return ConfigError(f"unknown config key '{full}'{hint}; valid keys here: {', '.join(known)}")
+    return UnknownKeyError(f"unknown config key '{full}'{hint}; valid keys here: {', '.join(known)}")
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:
@@ -423,7 +423,7 @@ def hydra_error(err: Exception) -> ConfigError:
     return ConfigError(f"bad override or config: {detail.split(' Config search path:')[0][:300]}")
 
 
-def _unknown_path(key: str) -> ConfigError:
+def _unknown_path(key: str) -> UnknownKeyError:
     """An unknown dotted key whose first wrong part is not the last ('trainr.epochs'): correct that part."""
     parts = key.split(".")
     for i, part in enumerate(parts):
@@ -434,9 +434,9 @@ def _unknown_path(key: str) -> ConfigError:
             near = difflib.get_close_matches(part, known, n=1, cutoff=0.6)
             if near:
                 fixed = ".".join([*parts[:i], near[0], *parts[i + 1:]])
-                return ConfigError(f"unknown config key '{key}' (did you mean '{fixed}'?)")
+                return UnknownKeyError(f"unknown config key '{key}' (did you mean '{fixed}'?)")
             break
-    return ConfigError(f"unknown config key '{key}'")
+    return UnknownKeyError(f"unknown config key '{key}'")
 
 
 def _broken_config_file(err: Exception) -> ConfigError:

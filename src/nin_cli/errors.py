@@ -22,6 +22,10 @@ class ConfigError(NinError):
     exit_code = 2
 
 
+class UnknownKeyError(ConfigError):
+    """A config key nin's schema does not have: a sweep stops on it at once (every job would carry it)."""
+
+
 class DataError(NinError):
     """A file that is not what it claims: missing or corrupt dataset, truncated or corrupt checkpoint, full disk."""
 

@@ -1,6 +1,7 @@
 """Hydra's own run machinery under Typer: what `@hydra.main` does inside, with the task's return value kept.
 
-This leans on `hydra._internal` (pinned: hydra-core>=1.3,<1.4); tests run a real run so a change shows up.
+Hydra's private pieces are imported in one place, `hydra_private` (pinned: hydra-core>=1.3,<1.4); tests run a real
+run and a real sweep, so a change shows up.
 
 `hydra_run(overrides, task)` composes `conf/` in RUN mode, makes the run directory (`hydra.run.dir`), writes
 `.hydra/`, configures job logging (train.log) and calls `task(cfg, run_dir)`. `hydra_multirun(overrides,
@@ -14,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from nin_cli.config import NinConfig, config_dir, schema_overrides, to_config
@@ -57,10 +59,21 @@ def _setup_failure(err: OSError, run_dir: Path | None, existed: bool) -> NinErro
                        "hydra.run.dir")
 
 
+def hydra_private() -> SimpleNamespace:
+    """Every private piece of Hydra nin uses, in one place (checked against hydra-core 1.3.8). Hydra has no public
+    way to run a job or a multirun from inside another CLI and keep the task's return value (`@hydra.main` owns argv
+    and exits), nor to expand a sweep's grid without launching it: `Callbacks` (what `@hydra.main` fires around a
+    run), `BasicSweeper` (its grid expansion, for `nin sweep --dry-run`) and a finished job's raw outcome
+    (`JobReturn.return_value` would print its own error line and re-raise)."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    return SimpleNamespace(Callbacks=Callbacks, BasicSweeper=BasicSweeper, outcome=lambda ret: ret._return_value)
+
+
 def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> Any:
     import yaml
     from hydra import initialize_config_dir
-    from hydra._internal.callbacks import Callbacks
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import JobStatus, run_job
@@ -98,7 +111,7 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
             if problem:
                 raise ConfigError(f"hydra.run.dir={run_dir}: {problem}; give a writable directory")
         existed = run_dir is not None and run_dir.is_dir()
-        callbacks = Callbacks(cfg)
+        callbacks = hydra_private().Callbacks(cfg)
         callbacks.on_run_start(config=cfg, config_name="config")
         try:
             ret = run_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
@@ -112,10 +125,10 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
                 raise
             raise _setup_failure(cause, run_dir, existed) from None
         callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
-    # JobReturn.return_value would print its own error line; read the outcome directly instead.
+    outcome = hydra_private().outcome(ret)
     if ret.status == JobStatus.FAILED:
-        raise ret._return_value
-    return ret._return_value
+        raise outcome
+    return outcome
 
 
 def write_run_files(cfg: NinConfig, run_dir: Path, device: str, start: bool = True) -> None:
@@ -163,7 +176,6 @@ def hydra_multirun(overrides: list[str], task_function: Callable[[Any], Any]) ->
     be a module-level function that relies on no in-process state. Returns what the sweeper returns.
     """
     from hydra import initialize_config_dir
-    from hydra._internal.callbacks import Callbacks
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.plugins import Plugins
     from hydra.errors import HydraException
@@ -174,7 +186,7 @@ def hydra_multirun(overrides: list[str], task_function: Callable[[Any], Any]) ->
         hydra = GlobalHydra.instance().hydra
         cfg = hydra.compose_config(config_name="config", overrides=overrides, run_mode=RunMode.MULTIRUN,
                                    from_shell=True, with_log_configuration=True)
-        callbacks = Callbacks(cfg)
+        callbacks = hydra_private().Callbacks(cfg)
         callbacks.on_multirun_start(config=cfg, config_name="config")
         try:
             sweeper = Plugins.instance().instantiate_sweeper(

@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nin_cli.config import NinConfig, check_overrides, config_dir, hydra_error, schema_overrides, to_config, to_dict
-from nin_cli.errors import ConfigError, DataError, DivergedError, Interrupted, NinError, UnsafeFileError
+from nin_cli.errors import (
+    ConfigError,
+    DataError,
+    DivergedError,
+    Interrupted,
+    NinError,
+    UnknownKeyError,
+    UnsafeFileError,
+)
 from nin_cli.files import one_line
 from nin_cli.report import Line, Row, RunRecord, format_error
 
@@ -117,10 +125,11 @@ def _candidates(override: Any) -> list[str]:
 def _job_overrides(hydra: Any, cfg: Any) -> list[list[str]]:
     """The grid BasicSweeper will launch; for sampling sweepers, one job per candidate value of each swept key
     (choices, interval ends), the other keys at their first: enough to validate every value."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
+
+    from nin_cli.hydra_app import hydra_private
 
     params = cfg.hydra.sweeper.get("params") or {}  # ready sweeps (+sweep=NAME) put their values here
     lines = [f"{key}={value}" for key, value in params.items()] + OmegaConf.to_container(cfg.hydra.overrides.task)
@@ -133,7 +142,7 @@ def _job_overrides(hydra: Any, cfg: Any) -> list[list[str]]:
             if override.is_sweep_override() and not override.is_discrete_sweep():
                 raise ConfigError(f"'{override.input_line}': the grid sweeper needs a list of values; sample a "
                                   "range with hydra/sweeper=optuna")
-        return BasicSweeper.split_arguments(parsed, None)[0]
+        return hydra_private().BasicSweeper.split_arguments(parsed, None)[0]
     fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed if not o.is_sweep_override()]
     swept = [[f"{o.get_key_element()}={v}" for v in _candidates(o)] for o in parsed if o.is_sweep_override()]
     base = [values[0] for values in swept]
@@ -159,9 +168,9 @@ def _validate(hydra: Any, plan: Plan) -> dict[int, str]:
         composed = _compose(hydra, job)
         try:
             cfg = _checked(composed)
+        except UnknownKeyError:
+            raise
         except ConfigError as err:
-            if str(err).startswith("unknown config key"):
-                raise
             invalid[i] = err
             continue
         if plan.sweeper != "basic" and cfg.dataset.val_size == 0:

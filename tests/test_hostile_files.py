@@ -557,14 +557,20 @@ def _resume(ctx, path: Path, *extra: str) -> list[str]:
     return ["train", f"resume={path}", *extra]
 
 
-@case
-def resume_malicious_checkpoint(ctx):
+def _evil_checkpoint(ctx) -> Path:
+    """A sealed checkpoint outside any run directory whose pickle would create the canary if it ran."""
     from nin_cli.checkpoint import sealed_bytes
 
     path = ctx.tmp / "solo" / "evil.pt"
     path.parent.mkdir()
     path.write_bytes(sealed_bytes({"format": "nin-checkpoint", "version": 1, "config": {},
                                    "evil": Canary(ctx.tmp / "canary")}))
+    return path
+
+
+@case
+def resume_malicious_checkpoint(ctx):
+    path = _evil_checkpoint(ctx)
 
     def check(result: Result) -> None:
         assert not (ctx.tmp / "canary").exists()
@@ -575,12 +581,7 @@ def resume_malicious_checkpoint(ctx):
 @case
 def resume_malicious_checkpoint_with_missing_data(ctx):
     """The checkpoint is checked before the data: unsafe (4), not 'data missing' (3)."""
-    from nin_cli.checkpoint import sealed_bytes
-
-    path = ctx.tmp / "solo" / "evil.pt"
-    path.parent.mkdir()
-    path.write_bytes(sealed_bytes({"format": "nin-checkpoint", "version": 1, "config": {},
-                                   "evil": Canary(ctx.tmp / "canary")}))
+    path = _evil_checkpoint(ctx)
     return Case(_resume(ctx, path, "dataset=cifar10", f"dataset.root={ctx.tmp / 'nothing'}"), 4,
                 ("would execute code",))
 

@@ -89,7 +89,7 @@ def run_forked(*args: str, cwd: Path, env: dict | None = None, timeout: float = 
         "hydra._internal.hydra", "hydra._internal.config_loader_impl", "hydra.core.override_parser.overrides_parser",
         "hydra_plugins.hydra_joblib_launcher.joblib_launcher", "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper",
         "hydra_plugins.hydra_submitit_launcher.submitit_launcher", "nin_cli.cli", "nin_cli.train",
-        "tensorboard.backend.event_processing.event_file_loader", "test_resume_forkserver"])
+        "tensorboard.backend.event_processing.event_file_loader", "forkserver_preload"])
     log = Path(cwd) / f".child-{uuid.uuid4().hex}.log"
     proc = ctx.Process(target=_forked_main, args=([str(a) for a in args], str(cwd), env or {}, str(log)))
     proc.start()

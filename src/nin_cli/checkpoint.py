@@ -372,6 +372,8 @@ def _torch_load(path: Path, data: bytes) -> Any:
         with _no_unsafe_override():
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as err:
+        # torch raises this one type both for what its weights-only unpickler refuses and for broken bytes, and
+        # says which only in its text (no subclass to catch); the import scan (step 5) refused unsafe globals first
         if "Weights only load failed" in str(err) or "Unsupported" in str(err):
             raise UnsafeFileError(f"{path}: refused, loading it would execute code ({_short(err)})") from None
         raise DataError(f"{path}: corrupt checkpoint ({_short(err)})") from None

@@ -306,14 +306,14 @@ def _crash_log() -> str:
 def main() -> None:
     from typer.exceptions import Abort, TyperException
 
-    from nin_cli.distributed import PEER_GRACE_S, env_rank, report_failure
+    from nin_cli.distributed import env_rank, report_failure, wait_to_be_stopped
     from nin_cli.errors import PeerFailed
 
     try:
         code = app(args=sys.argv[1:] or ["--help"], prog_name="nin", standalone_mode=False)
     except NinError as err:
-        if isinstance(err, PeerFailed):  # give the agent time to see the process that failed first, and stop us
-            time.sleep(PEER_GRACE_S)
+        if isinstance(err, PeerFailed):  # the agent must see the process that failed first; it then stops us
+            wait_to_be_stopped()
         printed = env_rank() == 0 and not isinstance(err, PeerFailed)  # one line per run, not one per process
         report_failure(str(err), err.exit_code, printed)  # a worker of `trainer.devices=N`: for the parent
         if printed:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -24,9 +25,20 @@ from typing import Any
 from nin_cli.collectives import Dist, broadcast_object, env_rank, init_distributed, launched_by_torchrun  # noqa: F401
 
 ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
-# A rank whose peer died waits this long before exiting: the elastic agent then records the peer's own failure
-# first (and stops this rank), so the parent reports the cause rather than its echo.
-PEER_GRACE_S = 5.0
+# The longest a rank whose peer died waits for the agent's SIGTERM (see `wait_to_be_stopped`); only reached when no
+# agent is there to send it.
+PEER_WAIT_LIMIT_S = 120.0
+
+
+def wait_to_be_stopped(limit_s: float = PEER_WAIT_LIMIT_S) -> None:
+    """A rank whose peer died lets torchrun's agent, which watches every rank, record the peer's own failure first:
+    instead of racing it to exit (its failure would then read as the cause), it waits for the SIGTERM the agent
+    sends the remaining ranks once it has seen a failure. An ordering, not a guess of how long the agent takes."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        signal.sigtimedwait({signal.SIGTERM}, limit_s)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 # --------------------------------------------------------------------------------------------------- parent

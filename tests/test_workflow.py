@@ -5,6 +5,7 @@ that never collide."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -113,3 +114,34 @@ def test_help_lists_every_config_group_and_its_options(nin):
         for group in GROUPS:
             assert f"{group}= " in text, (args, group)
         assert "paper_mnist" in text and "nin_imagenet" in text and len(group_options("experiment")) > 10
+
+
+def test_ema_is_evaluated_each_epoch_resumed_bit_exactly_and_used_by_eval_and_export(nin, tmp_path):
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    ema = ["trainer.ema_decay=0.9", "trainer.ema_start_step=2"]
+    assert nin("train", *FAST, *ema, "trainer.epochs=2", f"hydra.run.dir={ref}").code == 0
+    # the same run cut after epoch 1 and resumed: the moving average continues exactly
+    assert nin("train", *FAST, *ema, "trainer.epochs=1", f"hydra.run.dir={run}").code == 0
+    assert nin("train", f"hydra.run.dir={run}", "trainer.epochs=2").code == 0
+    want, got = (torch.load(r / "checkpoints" / "last.pt", weights_only=True)["ema"] for r in (ref, run))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    steps = torch.load(ref / "checkpoints" / "last.pt", weights_only=True)["state"]["step"]
+    assert int(want["n_averaged"]) == steps - 2  # updated after every step once 2 steps were taken
+    row = rows(ref)[-1]
+    assert 0 <= row["val_error_ema"] <= 100 and row["val_loss_ema"] > 0
+    summary = json.loads((ref / "summary.json").read_text())
+    assert 0 <= summary["test_error_ema"] <= 100
+    ckpt = ref / "checkpoints" / "last.pt"
+    scores = {w: nin("eval", str(ckpt), "--weights", w, "--json", "--out", str(tmp_path / w)).json()
+              for w in ("auto", "ema", "raw")}
+    assert scores["auto"]["weights"] == "ema" and scores["raw"]["weights"] == "raw"
+    assert scores["auto"]["top1_error"] == scores["ema"]["top1_error"]
+    assert math.isclose(scores["ema"]["top1_error"], summary["test_error_ema"], abs_tol=1e-6)
+    export = nin("export", str(ckpt), "--format", "onnx", "--weights", "raw")
+    assert export.code == 0, export.err
+    assert json.loads(ckpt.with_suffix(".onnx.json").read_text())["weights"] == "raw"
+
+
+def test_weights_ema_on_a_checkpoint_without_one_is_a_config_error(nin, tiny_run):
+    result = nin("eval", str(tiny_run / "checkpoints" / "last.pt"), "--weights", "ema")
+    assert result.code == 2 and len(result.err_lines) == 1 and "holds no moving average" in result.err

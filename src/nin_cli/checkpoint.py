@@ -412,6 +412,7 @@ class Trained:
     image_shape: list[int]
     preprocessing: dict
     record: dict
+    weights: str = "raw"  # which weights the model holds: the raw ones or their moving average ("ema")
 
 
 def checkpoint_config(stored: dict, overrides: list[str]) -> Any:
@@ -455,10 +456,27 @@ def _refuse_non_finite(path: Path, state: dict) -> None:
         raise DataError(f"{path}: non-finite weights (NaN or inf in {bad[0]}{more}); the file is not a usable model")
 
 
-def load_trained(path: str | Path, overrides: list[str] | tuple[str, ...] = (), device: str | None = None
-                 ) -> Trained:
+WEIGHTS = ("auto", "ema", "raw")
+
+
+def chosen_weights(record: dict, choice: str, path: Path) -> tuple[dict, str]:
+    """The state dict `choice` asks for: the moving average when the checkpoint has one (auto, ema) or the raw
+    weights (raw, or auto without one); `--weights ema` on a checkpoint without it is a config error."""
+    if choice not in WEIGHTS:
+        raise ConfigError(f"--weights {choice}: must be one of {', '.join(WEIGHTS)}")
+    ema = record.get("ema")
+    if choice == "raw" or (choice == "auto" and not isinstance(ema, dict)):
+        return record["model"], "raw"
+    if not isinstance(ema, dict):
+        raise ConfigError(f"--weights ema: {path} holds no moving average (it was trained without trainer.ema_decay)")
+    return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}, "ema"
+
+
+def load_trained(path: str | Path, overrides: list[str] | tuple[str, ...] = (), device: str | None = None,
+                 weights: str = "auto") -> Trained:
     """Rebuild the model from a checkpoint alone (through `load_checkpoint`), in eval mode on `device`
-    (default: the config's trainer.device, which overrides may change)."""
+    (default: the config's trainer.device, which overrides may change), with the `weights` chosen: the moving
+    average when the checkpoint has one (`auto`), else the raw weights."""
     from nin_cli.model import build_model
     from nin_cli.runtime import resolve_device
 
@@ -468,7 +486,8 @@ def load_trained(path: str | Path, overrides: list[str] | tuple[str, ...] = (), 
     if not isinstance(record.get("config"), dict) or not isinstance(record.get("model"), dict) or not (
             isinstance(data, dict) and {"classes", "image_shape", "preprocessing"} <= set(data)):
         raise DataError(f"{path}: a nin checkpoint without its config, weights or data description")
-    _refuse_non_finite(path, record["model"])
+    state, kind = chosen_weights(record, weights, path)
+    _refuse_non_finite(path, state)
     try:
         cfg = checkpoint_config(record["config"], list(overrides))
     except ConfigError as err:
@@ -479,7 +498,7 @@ def load_trained(path: str | Path, overrides: list[str] | tuple[str, ...] = (), 
 
     def rebuild(model_cfg: Any, head_cfg: Any) -> Any:
         model = build_model(model_cfg, head_cfg, shape, len(classes))
-        model.load_state_dict(record["model"])
+        model.load_state_dict(state)
         return model
 
     try:
@@ -498,4 +517,4 @@ def load_trained(path: str | Path, overrides: list[str] | tuple[str, ...] = (), 
         raise DataError(f"{path}: cannot rebuild the model (its config does not match its weights: {problem}); "
                         "the file is not what it claims") from None
     target = torch.device(device) if device else resolve_device(cfg.trainer.device)
-    return Trained(path, cfg, model.to(target).eval(), classes, shape, data["preprocessing"], record)
+    return Trained(path, cfg, model.to(target).eval(), classes, shape, data["preprocessing"], record, kind)

@@ -27,6 +27,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   rich_markup_mode=None, epilog=EPILOG,
                   help="Train, evaluate, sweep, export and inspect Network In Network classifiers.")
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+WEIGHTS_HELP = "auto | ema | raw: the moving average of the weights when the checkpoint has one (trainer.ema_decay)"
 
 
 def _print_version(value: bool) -> None:
@@ -152,25 +153,25 @@ def eval_(ctx: typer.Context,
           as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
           tta: bool = typer.Option(False, "--tta", help="Average the softmax over each image and its mirror."),
           out: Path | None = typer.Option(None, "--out", metavar="DIR",
-                                          help="Where metrics.json, confusion.png, tb/ go (default RUN/eval/...).")
-          ) -> None:
+                                          help="Where metrics.json, confusion.png, tb/ go (default RUN/eval/...)."),
+          weights: str = typer.Option("auto", "--weights", help=WEIGHTS_HELP)) -> None:
     """Metrics of a checkpoint: top-1/top-5 error, NLL, ECE, per-class accuracy, confusion matrix.
     Dataset and preprocessing are the checkpoint's; OVERRIDES (dataset.root=..., trainer.device=cpu) change them."""
     from nin_cli.evaluate import eval_command
 
-    eval_command(checkpoint, list(ctx.args), split, tta, as_json, out)
+    eval_command(checkpoint, list(ctx.args), split, tta, as_json, out, weights)
 
 
 @app.command()
 def export(checkpoint: Path = typer.Argument(..., metavar="CKPT", readable=False, help="A nin checkpoint."),
            fmt: str = typer.Option(..., "--format", help="onnx | torchscript | exported-program | safetensors"),
            out: Path | None = typer.Option(None, "--out", metavar="PATH",
-                                           help="Output file (default: next to CKPT); the sidecar is PATH.json.")
-           ) -> None:
+                                           help="Output file (default: next to CKPT); the sidecar is PATH.json."),
+           weights: str = typer.Option("auto", "--weights", help=WEIGHTS_HELP)) -> None:
     """Export with a dynamic batch size; reloaded by its runtime and checked against the eager model (≤ 1e-4)."""
     from nin_cli.export import export_command
 
-    export_command(checkpoint, fmt, out)
+    export_command(checkpoint, fmt, out, weights)
 
 
 @app.command()

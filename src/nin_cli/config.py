@@ -153,6 +153,10 @@ class TrainerConfig:
     max_time: float | None = _range(None, lo=0, lo_open=True)  # seconds of training, resumes included; null: none
     early_stop_patience: int = _range(0, lo=0)  # stop after this many epochs without a better val error; 0: never
     progress_every_s: float = _range(30.0, lo=0, lo_open=True)  # trainer.progress=plain: a line this often
+    # An exponential moving average of the weights (torch.optim.swa_utils.AveragedModel), updated after every step
+    # from ema_start_step on, evaluated beside the raw weights each epoch; null: off
+    ema_decay: float | None = _range(None, lo=0, hi=1, lo_open=True)
+    ema_start_step: int = _range(0, lo=0)
 
 
 @dataclass

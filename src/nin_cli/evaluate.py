@@ -43,21 +43,21 @@ def load_eval_data(trained, device: torch.device, split: str) -> Data:
     return data
 
 
-def evaluate_checkpoint(path: str | Path, overrides: list[str], split: str = "test", tta: bool = False
-                        ) -> tuple[dict, object]:
+def evaluate_checkpoint(path: str | Path, overrides: list[str], split: str = "test", tta: bool = False,
+                        weights: str = "auto") -> tuple[dict, object]:
     """(metrics, trained) of a checkpoint on one split of its (possibly overridden) dataset."""
     from nin_cli.checkpoint import load_trained
 
     if split not in SPLITS:
         raise ConfigError(f"--split {split}: must be one of {', '.join(SPLITS)}")
-    trained = load_trained(path, overrides)
+    trained = load_trained(path, overrides, weights=weights)
     device = next(trained.model.parameters()).device
     data = load_eval_data(trained, device, split)
     part = getattr(data, split)
     if len(part) == 0:
         raise DataError(f"dataset={trained.cfg.dataset.name} has no {split} images (dataset.val_size=0?)")
     log_probs = predict_log_probs(trained.model, part, data.preprocessing, trained.cfg.trainer.eval_batch_size, tta)
-    metrics = {"checkpoint": str(path), "split": split, "tta": tta,
+    metrics = {"checkpoint": str(path), "split": split, "tta": tta, "weights": trained.weights,
                **classification_metrics(log_probs, part.labels, trained.classes)}
     return metrics, trained
 
@@ -129,7 +129,8 @@ def show_eval(metrics: dict, classes: list[str], out: Path) -> None:
                   markup=False, highlight=False)
 
 
-def eval_command(path: Path, overrides: list[str], split: str, tta: bool, as_json: bool, out: Path | None) -> None:
+def eval_command(path: Path, overrides: list[str], split: str, tta: bool, as_json: bool, out: Path | None,
+                 weights: str = "auto") -> None:
     """`nin eval`: evaluate, write the outputs, then print JSON or the rich report. An output folder that is a
     file, under a file or not writable is exit 2 with nothing written (`--out` is checked before any work)."""
     import errno
@@ -145,7 +146,7 @@ def eval_command(path: Path, overrides: list[str], split: str, tta: bool, as_jso
 
     if out:  # given: checked before any work; the default (next to the checkpoint) once the checkpoint is read
         check(out)
-    metrics, trained = evaluate_checkpoint(path, overrides, split, tta)
+    metrics, trained = evaluate_checkpoint(path, overrides, split, tta, weights)
     where = check(out or default_eval_dir(Path(path), split, tta))
     try:
         write_eval_outputs(metrics, trained.classes, where, int(trained.record.get("state", {}).get("step", 0)))

@@ -134,7 +134,7 @@ def preprocessing_for_json(consts: dict) -> dict:
 
 def sidecar(trained, fmt: str, out: Path, difference: float, sizes: list[int], source: str) -> dict:
     return {
-        "format": fmt, "file": out.name, "checkpoint": str(trained.path),
+        "format": fmt, "file": out.name, "checkpoint": str(trained.path), "weights": trained.weights,
         "checkpoint_sha256": trained.record.get("sha256"),
         "classes": trained.classes,
         "input": {"name": "images", "dtype": "float32", "layout": "NCHW", "shape": ["batch", *trained.image_shape]},
@@ -145,13 +145,13 @@ def sidecar(trained, fmt: str, out: Path, difference: float, sizes: list[int], s
     }
 
 
-def export_command(path: Path, fmt: str, out: Path | None) -> dict:
+def export_command(path: Path, fmt: str, out: Path | None, weights: str = "auto") -> dict:
     """`nin export`: write, reload, check parity, write the sidecar; returns the sidecar."""
     from nin_cli.checkpoint import load_trained
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
-    trained = load_trained(path, device="cpu")
+    trained = load_trained(path, device="cpu", weights=weights)
     out = Path(out) if out else Path(path).with_name(Path(path).stem + FORMATS[fmt])
     x, source = parity_inputs(trained)
     writers = {"onnx": export_onnx, "torchscript": export_torchscript, "exported-program": export_program,

@@ -204,6 +204,7 @@ class Loop:
     dead_steps: torch.Tensor  # consecutive steps with one output for every image, counted on the device
     dist: Dist = Dist()  # this process's place among the run's processes (Dist(): the only one)
     clock: float = field(default_factory=time.perf_counter)  # when this process started training the run
+    ema: torch.optim.swa_utils.AveragedModel | None = None  # trainer.ema_decay: the weights' moving average
 
     @property
     def check_every_step(self) -> bool:
@@ -270,6 +271,8 @@ def train_step(loop: Loop, images: torch.Tensor, labels: torch.Tensor, steps: in
     loop.scaler.scale(loss).backward()
     loop.scaler.step(loop.optimizer)
     loop.scaler.update()
+    if loop.ema is not None and state.step >= tr.ema_start_step:
+        loop.ema.update_parameters(loop.model)  # its first update copies the weights
     state.step += 1
     state.epoch_step += 1
     sums.loss += loss.detach() * len(labels)
@@ -389,13 +392,13 @@ def epoch_totals(loop: Loop) -> tuple[float, int, int]:
     return loss, round(correct), round(seen)
 
 
-def evaluate_shards(loop: Loop, split: Split) -> dict[str, float]:
-    """`evaluate` on the whole split; with several processes each scores every world_size-th image and the sums
-    are added up."""
+def evaluate_shards(loop: Loop, split: Split, model: nn.Module | None = None) -> dict[str, float]:
+    """`evaluate` of `model` (default: the raw weights) on the whole split; with several processes each scores
+    every world_size-th image and the sums are added up."""
     tr, dist = loop.cfg.trainer, loop.dist
     if dist.enabled:
         split = Split(split.images[dist.rank::dist.world_size], split.labels[dist.rank::dist.world_size])
-    sums = evaluation_sums(loop.model, split, loop.data.preprocessing, tr.eval_batch_size, tr.channels_last,
+    sums = evaluation_sums(model or loop.model, split, loop.data.preprocessing, tr.eval_batch_size, tr.channels_last,
                            autocast_dtype(tr.precision))
     return metrics_from_sums(all_sum(sums, dist))
 
@@ -422,6 +425,9 @@ def end_epoch(loop: Loop, train: dict[str, float], epoch_start: float) -> None:
     row = {"epoch": state.epoch, "step": state.step, "lr": lr, "train_loss": train["loss"],
            "train_accuracy": train["accuracy"], "val_loss": val["loss"], "val_error": val["error"],
            "images_per_s": train["images_per_s"], "epoch_time_s": time.perf_counter() - epoch_start}
+    if loop.ema is not None:  # the moving average beside the raw weights (model choice stays on the raw ones)
+        ema = evaluate_shards(loop, data.val, loop.ema.module)
+        row.update(val_loss_ema=ema["loss"], val_error_ema=ema["error"])
     if loop.dist.is_main:
         log_epoch(loop.writer, row, tr.epochs)
         append_metrics(loop.paths.metrics, {k: None if v != v else v for k, v in row.items()})  # JSON: null, not NaN
@@ -517,7 +523,7 @@ def checkpoint_payload(loop: Loop) -> dict:
         rng, per_rank = [rng_states()], {}
     return {"config": to_dict(loop.cfg), "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
             "scaler": loop.scaler.state_dict(), "state": {**asdict(state), "elapsed_s": elapsed(loop)},
-            "rng": rng[0], **per_rank,
+            "rng": rng[0], **per_rank, **({"ema": loop.ema.state_dict()} if loop.ema is not None else {}),
             "epoch_sums": {"loss": torch.tensor(loss, dtype=torch.float32), "correct": torch.tensor(correct),
                            "seen": seen},
             "data_order": {"seed": loop.cfg.trainer.seed, "epoch": state.epoch, "step": state.epoch_step},
@@ -601,6 +607,8 @@ def restore(path: Path, record: dict, loop: Loop) -> None:
                           "); resume with the run's own config") from None
     if record.get("scaler"):
         loop.scaler.load_state_dict(record["scaler"])
+    if loop.ema is not None and isinstance(record.get("ema"), dict):
+        loop.ema.load_state_dict(record["ema"])
     known = {f.name for f in fields(TrainState)}
     loop.state = TrainState(**{k: v for k, v in record["state"].items() if k in known})
     restore_epoch_sums(loop, record)
@@ -695,7 +703,16 @@ def new_loop(cfg: NinConfig, paths: RunPaths, data: Data, model: nn.Module, step
     return Loop(cfg, paths, data, model, step_model or model, optimizer or build_optimizer(model, cfg.optim), scaler,
                 TrainState(), EpochSums.zeros(device), NullWriter(), stop or StopRequest(),
                 torch.zeros((), dtype=torch.bool, device=device), torch.zeros((), dtype=torch.long, device=device),
-                dist)
+                dist, ema=new_ema(model, cfg.trainer.ema_decay))
+
+
+def new_ema(model: nn.Module, decay: float | None) -> torch.optim.swa_utils.AveragedModel | None:
+    """The weights' exponential moving average (batch-norm statistics averaged too: `use_buffers`); None when off."""
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 class NullWriter:
@@ -794,6 +811,11 @@ def finish(loop: Loop, wall_time: float) -> dict:
     """The test scores, the class maps and hyper-parameters in TensorBoard, summary.json."""
     cfg, paths = loop.cfg, loop.paths
     summary = final_summary(loop.model, loop.data, cfg, loop.state, paths, wall_time)
+    if loop.ema is not None:
+        tr = cfg.trainer
+        test = evaluate(loop.ema.module, loop.data.test, loop.data.preprocessing, tr.eval_batch_size,
+                        tr.channels_last, autocast_dtype(tr.precision))
+        summary["test_error_ema"] = test["error"]
     log_class_maps(loop.writer, loop.model, loop.data, loop.state.step)  # the paper's confidence maps
     loop.writer.add_hparams(hparams(cfg), {"hparam/val_error": summary["best_val_error"] or float("nan"),
                                            "hparam/test_error": summary["test_error"]},
@@ -806,10 +828,14 @@ def finish(loop: Loop, wall_time: float) -> dict:
 def log_epoch(writer, row: dict, total_epochs: int) -> None:
     """Epoch scalars at the global step of the epoch's end: one x-axis for every tag, so a resume can cut
     everything a crashed attempt logged after its checkpoint's step."""
-    for key in ("train_loss", "train_accuracy", "val_loss", "val_error", "lr", "images_per_s"):
-        if row[key] == row[key]:  # skip NaN (no validation split)
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_error", "val_loss_ema", "val_error_ema", "lr",
+                "images_per_s"):
+        if key in row and row[key] == row[key]:  # skip NaN (no validation split) and EMA keys when it is off
             writer.add_scalar(f"epoch/{key}", row[key], row["step"])
     val = f"val err {row['val_error']:5.2f}%" if row["val_error"] == row["val_error"] else "no val split"
+    ema_error = row.get("val_error_ema")
+    if ema_error is not None and ema_error == ema_error:
+        val += f" (EMA {ema_error:5.2f}%)"
     log.info("epoch %*d/%d  train loss %.4f acc %5.2f%%  %s  lr %.3g  %.0f img/s  %.1fs",
              len(str(total_epochs)), row["epoch"], total_epochs, row["train_loss"], 100 * row["train_accuracy"],
              val, row["lr"], row["images_per_s"], row["epoch_time_s"])

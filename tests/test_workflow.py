@@ -145,3 +145,19 @@ def test_ema_is_evaluated_each_epoch_resumed_bit_exactly_and_used_by_eval_and_ex
 def test_weights_ema_on_a_checkpoint_without_one_is_a_config_error(nin, tiny_run):
     result = nin("eval", str(tiny_run / "checkpoints" / "last.pt"), "--weights", "ema")
     assert result.code == 2 and len(result.err_lines) == 1 and "holds no moving average" in result.err
+
+
+def test_epoch_checkpoints_are_kept_by_rule_and_nin_eval_scores_them_all(nin, tmp_path):
+    run = tmp_path / "run"
+    result = nin("train", *FAST, "trainer.epochs=5", "trainer.keep_last=2", "trainer.keep_every=2",
+                 f"hydra.run.dir={run}")
+    assert result.code == 0, result.err
+    kept = sorted(p.name for p in (run / "checkpoints").glob("epoch_*.pt"))
+    assert kept == ["epoch_0002.pt", "epoch_0004.pt", "epoch_0005.pt"]  # every 2nd, and the last 2 (4, 5)
+    assert os.path.samefile(run / "checkpoints" / "epoch_0005.pt", run / "checkpoints" / "last.pt")
+    table = nin("eval", str(run), "--json")
+    assert table.code == 0, table.err
+    scored = table.json()["checkpoints"]
+    assert [r["checkpoint"] for r in scored] == [*kept, "best.pt", "last.pt"]
+    assert [r["epoch"] for r in scored[:3]] == [2, 4, 5] and all(0 <= r["top1_error"] <= 100 for r in scored)
+    assert scored[2]["top1_error"] == scored[-1]["top1_error"]  # epoch 5 is last.pt

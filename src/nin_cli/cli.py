@@ -148,7 +148,8 @@ def data(ctx: typer.Context,
 @app.command("eval", context_settings=OVERRIDES, epilog=EPILOG)
 def eval_(ctx: typer.Context,
           checkpoint: Path = typer.Argument(..., metavar="CKPT", readable=False,
-                                            help="A nin checkpoint (RUN/checkpoints/best.pt)."),
+                                            help="A nin checkpoint (RUN/checkpoints/best.pt), or a run "
+                                                 "directory: every checkpoint it kept, in one table."),
           split: str = typer.Option("test", "--split", help="test | val | train"),
           as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
           tta: bool = typer.Option(False, "--tta", help="Average the softmax over each image and its mirror."),
@@ -157,8 +158,11 @@ def eval_(ctx: typer.Context,
           weights: str = typer.Option("auto", "--weights", help=WEIGHTS_HELP)) -> None:
     """Metrics of a checkpoint: top-1/top-5 error, NLL, ECE, per-class accuracy, confusion matrix.
     Dataset and preprocessing are the checkpoint's; OVERRIDES (dataset.root=..., trainer.device=cpu) change them."""
-    from nin_cli.evaluate import eval_command
+    from nin_cli.evaluate import eval_command, eval_run_command
 
+    if checkpoint.is_dir():  # a run directory: every checkpoint it kept, in one table
+        eval_run_command(checkpoint, list(ctx.args), split, tta, as_json, weights)
+        return
     eval_command(checkpoint, list(ctx.args), split, tta, as_json, out, weights)
 
 

@@ -157,6 +157,10 @@ class TrainerConfig:
     # from ema_start_step on, evaluated beside the raw weights each epoch; null: off
     ema_decay: float | None = _range(None, lo=0, hi=1, lo_open=True)
     ema_start_step: int = _range(0, lo=0)
+    # Also keep epoch checkpoints (checkpoints/epoch_NNNN.pt, hard links to that epoch's last.pt): the last k, and
+    # every N-th; 0: none
+    keep_last: int = _range(0, lo=0)
+    keep_every: int = _range(0, lo=0)
 
 
 @dataclass

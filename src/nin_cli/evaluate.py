@@ -159,3 +159,38 @@ def eval_command(path: Path, overrides: list[str], split: str, tta: bool, as_jso
         print(json.dumps(metrics))
     else:
         show_eval(metrics, trained.classes, where)
+
+
+def run_checkpoints(path: Path) -> list[Path]:
+    """Every checkpoint of a run directory (or of a checkpoints/ folder): epoch files in order, then best, last."""
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = sorted(folder.glob("*.pt"), key=lambda p: (not p.stem.startswith("epoch_"), p.stem != "best", p.name))
+    if not found:
+        raise DataError(f"{path}: no checkpoints (*.pt) to score in {folder}")
+    return found
+
+
+def eval_run_command(path: Path, overrides: list[str], split: str, tta: bool, as_json: bool,
+                     weights: str = "auto") -> list[dict]:
+    """`nin eval RUN_DIR`: every checkpoint of the run scored on one split, in one table (or one JSON object)."""
+    rows = []
+    for checkpoint in run_checkpoints(path):
+        metrics, trained = evaluate_checkpoint(checkpoint, overrides, split, tta, weights)
+        state = trained.record.get("state") or {}
+        rows.append({"checkpoint": checkpoint.name, "epoch": state.get("epoch"), "step": state.get("step"),
+                     "weights": metrics["weights"], **{k: metrics[k] for k in ("top1_error", "top5_error", "nll",
+                                                                               "ece")}})
+    if as_json:
+        print(json.dumps({"run": str(path), "split": split, "tta": tta, "checkpoints": rows}))
+        return rows
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{path}: every checkpoint on {split}{' (mirror TTA)' if tta else ''}")
+    for column in ("checkpoint", "epoch", "step", "weights", "top-1 error %", "top-5 error %", "NLL", "ECE"):
+        table.add_column(column, justify="left" if column in ("checkpoint", "weights") else "right")
+    for r in rows:
+        table.add_row(r["checkpoint"], str(r["epoch"]), str(r["step"]), r["weights"], f"{r['top1_error']:.2f}",
+                      f"{r['top5_error']:.2f}", f"{r['nll']:.4f}", f"{r['ece']:.4f}")
+    Console().print(table)
+    return rows

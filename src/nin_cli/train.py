@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import signal
 import threading
@@ -558,7 +559,26 @@ def save_checkpoints(loop: Loop, best: bool) -> None:
         if best:
             save_checkpoint(loop.paths.best, payload)
         save_checkpoint(loop.paths.last, payload)
+        if loop.state.epoch_step == 0:  # an epoch's end
+            keep_epoch_checkpoints(loop)
     barrier(loop.dist)
+
+
+def keep_epoch_checkpoints(loop: Loop) -> None:
+    """trainer.keep_last / keep_every: this epoch's last.pt kept as checkpoints/epoch_NNNN.pt (a hard link: no
+    second write, and the file is already verified), then every epoch file neither rule keeps is removed."""
+    tr, paths, epoch = loop.cfg.trainer, loop.paths, loop.state.epoch
+    if not (tr.keep_last or tr.keep_every):
+        return
+    target = paths.checkpoints / f"epoch_{epoch:04d}.pt"
+    target.unlink(missing_ok=True)  # a resumed run saves this epoch again
+    os.link(paths.last, target)
+    kept = sorted(paths.checkpoints.glob("epoch_*.pt"))
+    recent = set(kept[-tr.keep_last:]) if tr.keep_last else set()
+    for path in kept:
+        number = int(path.stem.split("_")[1])
+        if path not in recent and not (tr.keep_every and number % tr.keep_every == 0):
+            path.unlink()
 
 
 def newest_checkpoint(paths: RunPaths) -> tuple[Path, dict] | None:

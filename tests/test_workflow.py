@@ -161,3 +161,17 @@ def test_epoch_checkpoints_are_kept_by_rule_and_nin_eval_scores_them_all(nin, tm
     assert [r["checkpoint"] for r in scored] == [*kept, "best.pt", "last.pt"]
     assert [r["epoch"] for r in scored[:3]] == [2, 4, 5] and all(0 <= r["top1_error"] <= 100 for r in scored)
     assert scored[2]["top1_error"] == scored[-1]["top1_error"]  # epoch 5 is last.pt
+
+
+def test_json_flags_print_one_object_on_stdout(nin, tmp_path):
+    run = tmp_path / "run"
+    trained = nin("train", *FAST, "--json", f"hydra.run.dir={run}")
+    assert trained.code == 0, trained.err
+    assert trained.json() == json.loads((run / "summary.json").read_text())  # stdout is that object alone
+    exported = nin("export", str(run / "checkpoints" / "last.pt"), "--format", "onnx", "--json")
+    assert exported.code == 0, exported.err
+    assert exported.json()["parity"]["max_abs_diff"] <= 1e-4 and "wrote" in exported.err
+    table = nin("table", str(tmp_path), "--out", str(tmp_path / "table"), "--json")
+    assert table.code == 0, table.err
+    rows = table.json()["rows"]
+    assert {r["row"] for r in rows} >= {"paper_cifar10", "paper_mnist"} and all("verdict" in r for r in rows)

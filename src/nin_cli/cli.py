@@ -45,7 +45,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_print_versi
 
 
 @app.command(context_settings=OVERRIDES, epilog=EPILOG)
-def train(ctx: typer.Context) -> None:
+def train(ctx: typer.Context,
+          as_json: bool = typer.Option(False, "--json", help="Print summary.json's content as one JSON object on "
+                                                             "stdout (the log stays on stderr).")) -> None:
     """Train one model: nin train [OVERRIDES...], e.g. dataset=cifar100 model.micro_depth=3."""
     from nin_cli.config import load_config
     from nin_cli.runs import resume_overrides
@@ -66,6 +68,9 @@ def train(ctx: typer.Context) -> None:
         from nin_cli.train import train_run
 
         summary = hydra_run(overrides, train_run)
+    if as_json:
+        print(json.dumps(summary))
+        return
     best = summary["best_val_error"]
     print(f"test error {summary['test_error']:.2f}%"
           + (f", best val error {best:.2f}% (epoch {summary['best_epoch']})" if best is not None else ""))
@@ -171,11 +176,15 @@ def export(checkpoint: Path = typer.Argument(..., metavar="CKPT", readable=False
            fmt: str = typer.Option(..., "--format", help="onnx | torchscript | exported-program | safetensors"),
            out: Path | None = typer.Option(None, "--out", metavar="PATH",
                                            help="Output file (default: next to CKPT); the sidecar is PATH.json."),
-           weights: str = typer.Option("auto", "--weights", help=WEIGHTS_HELP)) -> None:
+           weights: str = typer.Option("auto", "--weights", help=WEIGHTS_HELP),
+           as_json: bool = typer.Option(False, "--json", help="Print the sidecar as one JSON object on stdout.")
+           ) -> None:
     """Export with a dynamic batch size; reloaded by its runtime and checked against the eager model (≤ 1e-4)."""
     from nin_cli.export import export_command
 
-    export_command(checkpoint, fmt, out, weights)
+    meta = export_command(checkpoint, fmt, out, weights, as_json)
+    if as_json:
+        print(json.dumps(meta))
 
 
 @app.command()
@@ -209,13 +218,16 @@ def table(run_dirs: list[Path] | None = typer.Argument(None, metavar="RUN_DIRS",
           out: Path = typer.Option(Path("results"), "--out", metavar="DIR",
                                    help="Where table.md and table.csv go (and runs/ with --run)."),
           check: bool = typer.Option(False, "--check", help="Exit 6 when a comparable row that was run is not "
-                                                            "reproduced (a gate for CI on a GPU box).")) -> None:
+                                                            "reproduced (a gate for CI on a GPU box)."),
+          as_json: bool = typer.Option(False, "--json", help="Print the table's rows as one JSON object on stdout "
+                                                             "(the rendered table goes to stderr).")) -> None:
     """The paper's tables with our test errors beside them: the terminal, OUT/table.md and OUT/table.csv."""
     from rich.console import Console
 
     from nin_cli.report import show_table
 
-    console = Console(width=None if sys.stdout.isatty() else 150)  # piped or logged: don't fold at 80 columns
+    stream = sys.stderr if as_json else sys.stdout
+    console = Console(width=None if stream.isatty() else 150, stderr=as_json)  # piped or logged: don't fold at 80
     if run:
         if run_dirs:
             raise ConfigError("--run trains into OUT/runs; give RUN_DIRS without --run")
@@ -225,6 +237,10 @@ def table(run_dirs: list[Path] | None = typer.Argument(None, metavar="RUN_DIRS",
     elif rows or cifar10_jpeg:
         raise ConfigError("--rows and --cifar10-jpeg choose what --run trains: add --run")
     lines = show_table(run_dirs or [p for p in [out / "runs"] if p.is_dir()], out, console, budget)  # none: paper only
+    if as_json:
+        from nin_cli.report import line_records
+
+        print(json.dumps({"rows": line_records(lines), "table_md": str(out / "table.md")}))
     if check:
         from nin_cli.errors import CheckFailed
         from nin_cli.report import failed_checks

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -145,7 +146,7 @@ def sidecar(trained, fmt: str, out: Path, difference: float, sizes: list[int], s
     }
 
 
-def export_command(path: Path, fmt: str, out: Path | None, weights: str = "auto") -> dict:
+def export_command(path: Path, fmt: str, out: Path | None, weights: str = "auto", as_json: bool = False) -> dict:
     """`nin export`: write, reload, check parity, write the sidecar; returns the sidecar."""
     from nin_cli.checkpoint import load_trained
 
@@ -168,7 +169,8 @@ def export_command(path: Path, fmt: str, out: Path | None, weights: str = "auto"
     meta = sidecar(trained, fmt, out, difference, sizes, source)
     sidecar_path = out.with_name(out.name + ".json")
     sidecar_path.write_text(json.dumps(meta, indent=1) + "\n")
+    report = sys.stderr if as_json else sys.stdout  # --json: stdout holds the sidecar alone
     print(f"{fmt}: reloaded with its runtime, max |export − eager| = {difference:.3g} (≤ {TOLERANCE:g}) on "
-          f"{source}, batch sizes {', '.join(map(str, sizes))}")
-    print(f"wrote {out} and {sidecar_path}")
+          f"{source}, batch sizes {', '.join(map(str, sizes))}", file=report)
+    print(f"wrote {out} and {sidecar_path}", file=report)
     return meta

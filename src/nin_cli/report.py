@@ -403,18 +403,26 @@ def to_csv(lines: list[Line]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
+    for row in line_records(lines):
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def line_records(lines: list[Line]) -> list[dict]:
+    """One flat record per line of the table: table.csv's rows, and `nin table --json`'s."""
+    records = []
     for line in lines:
         def num(x: float | None) -> str:
             return "" if x is None else f"{x:.4f}"
 
-        writer.writerow({"row": line.row.key, "table": line.row.table, "method": line.row.label,
+        records.append({"row": line.row.key, "table": line.row.table, "method": line.row.label,
                          "paper_error": f"{line.row.paper_error:.2f}", "ours_mean": num(line.mean),
                          "ours_std": num(line.std), "difference": num(line.difference),
                          "seeds": " ".join(map(str, line.seeds)), "epochs": line.epochs,
                          "wall_time_s": "" if line.wall_time_s is None else f"{line.wall_time_s:.1f}",
                          "device": line.device, "data": line.data, "budget": line.budget,
                          "tolerance": f"{tolerance(line.row.paper_error):.2f}", "verdict": verdict(line)[0]})
-    return buffer.getvalue()
+    return records
 
 
 def header_text(budgets: list[str]) -> str:

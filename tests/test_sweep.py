@@ -297,3 +297,12 @@ def test_seed_statistics_are_the_paper_tables():
                {"model.dropout": 0.0, "trainer.seed": 0, "resume": None},
                {"model.dropout": 0.5, "trainer.seed": 2, "dataset.image_shape": [3, 8, 8]}]
     assert group_by_seed(list(range(4)), lambda i: configs[i]) == [[0, 1], [2], [3]]
+
+
+def test_summary_json_is_one_object_with_the_seed_statistics(nin, seeded_sweep):
+    result = nin("sweep", "--summary", str(seeded_sweep), "--json")
+    assert result.code == 0, result.err
+    data = result.json()
+    assert len(data["jobs"]) == 6 and {job["status"] for job in data["jobs"]} >= {"done", "failed"}
+    no_dropout = next(g for g in data["seed_groups"] if g["seeds"] == "0 1 2" and g["test_error"]["n"] == 3)
+    assert abs(no_dropout["test_error"]["mean"] - 10.5) < 1e-9 and abs(no_dropout["test_error"]["std"] - 0.2) < 1e-9

@@ -80,7 +80,9 @@ def train(ctx: typer.Context,
 def sweep(ctx: typer.Context,
           summary: Path | None = typer.Option(None, "--summary", metavar="DIR",
                                               help="Only (re)write and print the summary of the sweep in DIR."),
-          dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the jobs; launch nothing.")) -> None:
+          dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the jobs; launch nothing."),
+          as_json: bool = typer.Option(False, "--json", help="With --summary: one JSON object on stdout (jobs and "
+                                                             "seed groups).")) -> None:
     """Many runs through Hydra's sweeper and launcher: nin sweep model.dropout=0,0.5 head=gap,fc | +sweep=dropout
     | hydra/sweeper=optuna | hydra/launcher=joblib|submitit_local|submitit_slurm (see README, "Sweeps")."""
     from nin_cli.sweep import run_sweep, show_summary
@@ -88,7 +90,7 @@ def sweep(ctx: typer.Context,
     if summary is not None:
         if ctx.args:
             raise ConfigError(f"--summary DIR takes no overrides (got {' '.join(ctx.args)})")
-        show_summary(summary)
+        show_summary(summary, as_json)
         return
     run_sweep(list(ctx.args), dry_run=dry_run)
 

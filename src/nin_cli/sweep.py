@@ -17,6 +17,7 @@ and a section of summary.md.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -633,12 +634,20 @@ def _write_summary(sweep_dir: Path) -> tuple[list[JobRow], list[SeedGroup]]:
     return rows, groups
 
 
-def show_summary(sweep_dir: Path) -> list[JobRow]:
-    """Write summary.csv and summary.md in the sweep directory and print the table."""
+def show_summary(sweep_dir: Path, as_json: bool = False) -> list[JobRow]:
+    """Write summary.csv and summary.md in the sweep directory and print the table (`as_json`: one JSON object
+    with every job and every seed group on stdout instead)."""
     from rich.console import Console
     from rich.table import Table
 
     rows, groups = _write_summary(Path(sweep_dir))
+    if as_json:
+        metrics = sorted({m for group in groups for row in group.rows for m in row.metrics})
+        print(json.dumps({"sweep": str(sweep_dir), "jobs": [dataclasses.asdict(row) for row in rows],
+                          "seed_groups": [{"label": g.label, "seeds": g.seeds,
+                                           **{m: dict(zip(("mean", "std", "n"), g.stats(m), strict=True))
+                                              for m in metrics}} for g in groups]}))
+        return rows
     best = _best(rows)
     table = Table(title=f"sweep {sweep_dir}")
     for column in COLUMNS[:-1]:  # the notes go below the table: a narrow terminal keeps the numbers readable

@@ -848,10 +848,12 @@ def finish(loop: Loop, wall_time: float) -> dict:
 def log_epoch(writer, row: dict, total_epochs: int) -> None:
     """Epoch scalars at the global step of the epoch's end: one x-axis for every tag, so a resume can cut
     everything a crashed attempt logged after its checkpoint's step."""
-    for key in ("train_loss", "train_accuracy", "val_loss", "val_error", "val_loss_ema", "val_error_ema", "lr",
+    # One unit for every error in TensorBoard: percent (metrics.jsonl keeps train_accuracy as a fraction)
+    scalars = {**row, "train_error": 100 * (1 - row["train_accuracy"])}
+    for key in ("train_loss", "train_error", "val_loss", "val_error", "val_loss_ema", "val_error_ema", "lr",
                 "images_per_s"):
-        if key in row and row[key] == row[key]:  # skip NaN (no validation split) and EMA keys when it is off
-            writer.add_scalar(f"epoch/{key}", row[key], row["step"])
+        if key in scalars and scalars[key] == scalars[key]:  # skip NaN (no validation split), EMA keys when off
+            writer.add_scalar(f"epoch/{key}", scalars[key], row["step"])
     val = f"val err {row['val_error']:5.2f}%" if row["val_error"] == row["val_error"] else "no val split"
     ema_error = row.get("val_error_ema")
     if ema_error is not None and ema_error == ema_error:

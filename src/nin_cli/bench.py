@@ -469,10 +469,11 @@ def summarize(rows: list[dict], flops: tuple[int, int], peak_bf16: float | None,
 
 def run_bench(cfg: NinConfig, opts: BenchOptions) -> dict:
     """Everything `nin bench --json` prints."""
-    from nin_cli.runtime import resolve_device
+    from nin_cli.runtime import resolve_device, set_tf32
 
     tr = cfg.trainer
     device = resolve_device(tr.device)
+    set_tf32(tr.tf32)
     if tr.num_threads:
         torch.set_num_threads(tr.num_threads)
     clock = clock_function(opts.clock, device)

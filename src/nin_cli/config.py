@@ -135,6 +135,7 @@ class TrainerConfig:
     device: str = _choice("auto", "auto", "cpu", "cuda", "mps")
     precision: str = _choice("fp32", "fp32", "bf16", "fp16")
     channels_last: bool = True
+    tf32: bool = False  # CUDA: TF32 tensor cores for fp32 matmuls and convolutions (10-bit mantissa products)
     compile: bool = False
     num_threads: int | None = _range(None, lo=1)
     seed: int = _range(0, lo=0, hi=SEED_MAX)  # NumPy's seeds are 32-bit

@@ -31,6 +31,12 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def set_tf32(enabled: bool) -> None:
+    """trainer.tf32: let CUDA run fp32 matmuls and convolutions on TF32 tensor cores (no effect elsewhere)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 def autocast(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
     """Mixed precision when the config asks for it (`dtype` from `autocast_dtype`), a disabled context otherwise:
     the one spelling every forward pass (training, evaluation, bench) uses."""

@@ -68,7 +68,7 @@ from nin_cli.runs import (
     truncate_metrics,
     write_json,
 )
-from nin_cli.runtime import autocast, autocast_dtype, resolve_device, seed_everything, tune_malloc
+from nin_cli.runtime import autocast, autocast_dtype, resolve_device, seed_everything, set_tf32, tune_malloc
 
 log = logging.getLogger("nin")
 
@@ -689,6 +689,7 @@ def setup(cfg: NinConfig, paths: RunPaths, stop: StopRequest, dist: Dist) -> Loo
     if device.type == "cpu":
         tune_malloc()
     seed_everything(tr.seed, tr.deterministic)
+    set_tf32(tr.tf32)
     data = load_data(cfg.dataset, device)  # before anything is written to checkpoints/
     model = build_model(cfg.model, cfg.head, data.image_shape, data.num_classes).to(device)
     if tr.channels_last:

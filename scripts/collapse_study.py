@@ -68,9 +68,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "collapse_study.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else []
+    done = {(r["arm"], r["seed"]) for r in results}
     for name in args.arms:
         for seed in args.seeds:
             arm = name + args.arm_suffix
+            if (arm, seed) in done:  # measured before: kept (delete OUT/collapse_study.json to measure again)
+                continue
             run_dir = Path("outputs") / "collapse_study" / arm / f"seed{seed}"
             row = {"arm": arm, **run_one(args.root.expanduser(), ARMS[name], seed, args.steps, run_dir, args.extra)}
             print(json.dumps(row), flush=True)

@@ -136,8 +136,10 @@ def test_sigterm_to_the_launcher_reaches_every_worker_once(tmp_path):
     import time
 
     run = tmp_path / "run"
+    # schedule=constant: the plateau rule would end these 1000 epochs after ~20 (2 s), racing the signal
     proc = subprocess.Popen([sys.executable, "-m", "nin_cli", "train", *EXACT, "trainer.epochs=1000",
-                             "trainer.devices=2", f"hydra.run.dir={run}"], cwd=tmp_path, env=os.environ.copy(),
+                             "schedule=constant", "trainer.devices=2", f"hydra.run.dir={run}"], cwd=tmp_path,
+                            env=os.environ.copy(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (run / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:  # training is under way

@@ -101,7 +101,7 @@ def test_a_run_that_diverges_before_any_save_does_not_promise_a_checkpoint(nin, 
 
 
 def test_a_signal_after_the_last_step_names_the_finished_epoch_not_the_next(nin, tmp_path, monkeypatch):
-    monkeypatch.setenv("NIN_FAULT_INJECT", "after_step@14=int")  # FAST: 7 steps per epoch, 2 epochs
+    monkeypatch.setenv("NIN_FAULT_INJECT", "after_step@10=int")  # FAST: 5 steps per epoch, 2 epochs
     result = nin("train", *FAST, "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.code == 130, result.err
-    assert "stopped at epoch 2 (finished), step 14" in result.err_lines[-1] and "epoch 3" not in result.err
+    assert "stopped at epoch 2 (finished), step 10" in result.err_lines[-1] and "epoch 3" not in result.err

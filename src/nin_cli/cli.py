@@ -167,7 +167,11 @@ def eval_(ctx: typer.Context,
     Dataset and preprocessing are the checkpoint's; OVERRIDES (dataset.root=..., trainer.device=cpu) change them."""
     from nin_cli.evaluate import eval_command, eval_run_command
 
-    if checkpoint.is_dir():  # a run directory: every checkpoint it kept, in one table
+    try:
+        is_run_dir = checkpoint.is_dir()
+    except OSError:  # unreachable: the checkpoint loader names it (exit 3)
+        is_run_dir = False
+    if is_run_dir:  # a run directory: every checkpoint it kept, in one table
         eval_run_command(checkpoint, list(ctx.args), split, tta, as_json, weights)
         return
     eval_command(checkpoint, list(ctx.args), split, tta, as_json, out, weights)

@@ -750,11 +750,11 @@ def fit(cfg: NinConfig, run_dir: Path, dist: Dist | None = None) -> dict | None:
     try:
         with run_dir_lock(run_dir) if dist.is_main else nullcontext(), stop_on_signals() as stop:
             loop = setup(cfg, paths, stop, dist)
-            start = time.perf_counter()
+            loop.clock = time.perf_counter()  # training time starts now (data loading and setup not counted)
             try:
                 train_epochs(loop)
                 if dist.is_main:
-                    summary = finish(loop, time.perf_counter() - start)
+                    summary = finish(loop, elapsed(loop))  # resumes included (state.elapsed_s)
                 barrier(dist)
             except RuntimeError as err:  # another process died: its own error is the one to report
                 if not lost_peer(err, dist):

@@ -32,7 +32,7 @@ def test_other_presets_keep_pytorch_s_inverted_dropout(preset):
     assert load_config([f"experiment={preset}"]).model.dropout_style == "inverted"
 
 
-def test_there_are_eleven_paper_presets():
+def test_there_are_thirteen_paper_presets():
     assert len(PAPER_PRESETS) == 13  # 7 paper_* + 3 gap_vs_fc + 3 cnn_gap
 
 

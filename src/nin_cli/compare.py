@@ -24,17 +24,13 @@ PROVENANCE_KEYS = ("git_commit", "git_dirty", "versions", "python", "device")
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def _one_line(err: Exception) -> str:
-    return one_line(err)
-
-
 def _read_text(path: Path, needed_for: str) -> str:
     try:
         return path.read_text()
     except FileNotFoundError:
         raise DataError(f"{path}: missing ({needed_for})") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not readable ({_one_line(err)})") from None
+        raise DataError(f"{path}: not readable ({one_line(err)})") from None
 
 
 def read_yaml_mapping(path: Path, needed_for: str = "a run directory's resolved config") -> dict:
@@ -45,7 +41,7 @@ def read_yaml_mapping(path: Path, needed_for: str = "a run directory's resolved 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise DataError(f"{path}: not a readable YAML file ({_one_line(err)})") from None
+        raise DataError(f"{path}: not a readable YAML file ({one_line(err)})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: not a config (a YAML mapping expected, got {type(data).__name__})")
     return data
@@ -56,7 +52,7 @@ def read_json_mapping(path: Path, needed_for: str) -> dict:
     try:
         data = json.loads(text)
     except ValueError as err:
-        raise DataError(f"{path}: not a readable JSON file ({_one_line(err)})") from None
+        raise DataError(f"{path}: not a readable JSON file ({one_line(err)})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: not a JSON object (got {type(data).__name__})")
     return data

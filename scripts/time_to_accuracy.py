@@ -3,13 +3,14 @@
 checkpoint scored on the test split once training has ended (nothing during training looks at test; no point of
 the curve is chosen by it).
 
-    .venv/bin/python scripts/time_to_accuracy.py RUN_DIR [--budget-s 3600] -- OVERRIDES...
+    .venv/bin/python scripts/time_to_accuracy.py RUN_DIR [--budget-s 3600] [--tta] -- OVERRIDES...
 
 While `nin train ... hydra.run.dir=RUN_DIR` runs, each new checkpoints/last.pt (saved at an epoch's end) is
 hard-linked to RUN_DIR/snapshots/NNN.pt: no copy, no I/O inside the timed run. At the budget the run gets SIGTERM,
 saves where it is (mid-epoch) and exits 143; that checkpoint is the "after the budget" point. Minutes count from
 launching the process (Python start-up, imports and loading the dataset caches included) to each checkpoint's
-save. Writes RUN_DIR/curve.jsonl: one row per snapshot {epoch, epoch_step, step, minutes, test_accuracy,
+save. With --tta each snapshot is scored with mirror test-time augmentation (`nin eval --tta`), after the run like
+every score. Writes RUN_DIR/curve.jsonl: one row per snapshot {epoch, epoch_step, step, minutes, test_accuracy,
 val_error, train_loss, deadline}.
 """
 
@@ -69,7 +70,7 @@ def train_with_budget(run_dir: Path, overrides: list[str], budget_s: float) -> t
     return rows, proc.returncode
 
 
-def score(rows: list[dict], run_dir: Path) -> None:
+def score(rows: list[dict], run_dir: Path, tta: bool) -> None:
     """Epoch, step and metrics of each snapshot from the checkpoint and metrics.jsonl; test accuracy from
     `nin eval SNAPSHOT --json` (the public evaluation path)."""
     from nin_cli.checkpoint import load_checkpoint
@@ -80,13 +81,13 @@ def score(rows: list[dict], run_dir: Path) -> None:
     for row in rows:
         state = load_checkpoint(Path(row["snapshot"]))["state"]
         out = Path(row["snapshot"]).with_suffix("")
-        result = subprocess.run([sys.executable, "-m", "nin_cli", "eval", row["snapshot"], "--json", "--out", str(out)],
-                                capture_output=True, text=True, check=True)
+        command = [sys.executable, "-m", "nin_cli", "eval", row["snapshot"], "--json", "--out", str(out)]
+        result = subprocess.run(command + (["--tta"] if tta else []), capture_output=True, text=True, check=True)
         test = json.loads(result.stdout)
         epoch_row = by_epoch.get(state["epoch"], {}) if state["epoch_step"] == 0 else {}
         row |= {"epoch": state["epoch"], "epoch_step": state["epoch_step"], "step": state["step"],
                 "test_accuracy": 100.0 - test["top1_error"], "val_error": epoch_row.get("val_error"),
-                "train_loss": epoch_row.get("train_loss"), "deadline": row.get("deadline", False)}
+                "train_loss": epoch_row.get("train_loss"), "deadline": row.get("deadline", False), "tta": tta}
         print(f"epoch {row['epoch']:3d} (+{row['epoch_step']} steps)  {row['minutes']:6.1f} min  "
               f"test accuracy {row['test_accuracy']:.2f}%", flush=True)
 
@@ -95,6 +96,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--budget-s", type=float, default=3600.0)
+    parser.add_argument("--tta", action="store_true", help="score with mirror test-time augmentation")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)  # nin train overrides follow --
     args = parser.parse_args(argv[:cut])
@@ -107,7 +109,7 @@ def main() -> int:
     if code not in (0, 143) or not rows:
         print(f"nin train exited {code} with {len(rows)} checkpoints", file=sys.stderr)
         return 1
-    score(rows, args.run_dir)
+    score(rows, args.run_dir, args.tta)
     with open(args.run_dir / "curve.jsonl", "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     return 0

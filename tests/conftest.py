@@ -87,7 +87,7 @@ def run_forked(*args: str, cwd: Path, env: dict | None = None, timeout: float = 
     ctx.set_forkserver_preload([  # what `nin train` imports, lazily or not (a missing one is skipped)
         "torch", "torch._dynamo", "torch.optim", "torch.utils.tensorboard", "PIL.Image", "pydantic", "hydra",
         "hydra._internal.hydra", "hydra._internal.config_loader_impl", "hydra.core.override_parser.overrides_parser",
-        "hydra_plugins.hydra_joblib_launcher.joblib_launcher", "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper",
+        "hydra_plugins.hydra_joblib_launcher.joblib_launcher", "optuna",
         "hydra_plugins.hydra_submitit_launcher.submitit_launcher", "nin_cli.cli", "nin_cli.train",
         "tensorboard.backend.event_processing.event_file_loader", "forkserver_preload"])
     log = Path(cwd) / f".child-{uuid.uuid4().hex}.log"

@@ -93,21 +93,6 @@ def test_grid_with_the_joblib_launcher(nin, tmp_path):
     assert {r["overrides"] for r in assert_rows_match_runs(sweep, 4)} == GRID_JOBS
 
 
-def test_optuna_minimises_validation_error(nin, tmp_path):
-    from omegaconf import OmegaConf
-
-    sweep = tmp_path / "sweep"
-    args = [*TINY, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=0",
-            "model.dropout=interval(0,0.5)", f"hydra.sweep.dir={sweep}"]
-    result = nin("sweep", *args)
-    assert result.code == 0, result.err
-    rows = assert_rows_match_runs(sweep, 3)
-    best = OmegaConf.load(sweep / "optimization_results.yaml")
-    assert best.best_value == min(float(r["best_val_error"]) for r in rows)
-    again = nin("sweep", *args)  # Optuna numbers trials from 0 again: refused rather than mixed in
-    assert again.code == 2 and "new hydra.sweep.dir" in again.err_lines[-1]
-
-
 def test_failing_jobs_are_marked_and_the_others_run(nin, tmp_path):
     sweep = tmp_path / "sweep"
     result = nin("sweep", *TINY, "optim.lr=1e30,-1,0.05", f"hydra.sweep.dir={sweep}")

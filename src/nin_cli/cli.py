@@ -82,17 +82,40 @@ def sweep(ctx: typer.Context,
                                               help="Only (re)write and print the summary of the sweep in DIR."),
           dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the jobs; launch nothing."),
           as_json: bool = typer.Option(False, "--json", help="With --summary: one JSON object on stdout (jobs and "
-                                                             "seed groups).")) -> None:
+                                                             "seed groups)."),
+          trials: int | None = typer.Option(None, "--trials", min=1, metavar="N",
+                                            help="Search with Optuna (TPE) until the study has N finished trials; "
+                                                 "swept keys take interval(), choice() or range()."),
+          pruner: str = typer.Option("median", "--pruner", metavar="median|none",
+                                     help="With --trials: stop a trial whose validation error is behind the median "
+                                          "of the earlier trials' at the same epoch."),
+          seed: int = typer.Option(0, "--seed", help="With --trials: the sampler's seed.")) -> None:
     """Many runs through Hydra's sweeper and launcher: nin sweep model.dropout=0,0.5 head=gap,fc | +sweep=dropout
-    | hydra/sweeper=optuna | hydra/launcher=joblib|submitit_local|submitit_slurm (see README, "Sweeps")."""
-    from nin_cli.sweep import run_sweep, show_summary
+    | hydra/launcher=joblib|submitit_local|submitit_slurm; a search: nin sweep --trials 20
+    'optim.lr=tag(log,interval(0.01,0.5))' (see README, "Sweeps")."""
+    from nin_cli.sweep import INSTALL, run_sweep, show_summary
 
     if summary is not None:
         if ctx.args:
             raise ConfigError(f"--summary DIR takes no overrides (got {' '.join(ctx.args)})")
         show_summary(summary, as_json)
         return
-    run_sweep(list(ctx.args), dry_run=dry_run)
+    if trials is None:
+        run_sweep(list(ctx.args), dry_run=dry_run)
+        return
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(f"--trials needs Optuna, in the sweep extra: {INSTALL}") from None
+
+    from nin_cli.search import run_search
+
+    if pruner not in ("median", "none"):
+        raise ConfigError(f"--pruner {pruner}: choose median or none")
+    # Epoch 1 is never pruned (n_warmup_steps=1), nor anything before two trials have finished.
+    chosen = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if pruner == "median"
+              else optuna.pruners.NopPruner())
+    run_search(list(ctx.args), trials, optuna.samplers.TPESampler(seed=seed), chosen, dry_run=dry_run)
 
 
 @app.command(context_settings=OVERRIDES, epilog=EPILOG)

@@ -49,8 +49,10 @@ FAILURE = "failure.json"
 INSTALL = "pip install -e '.[sweep]'"
 # The plugins the `sweep` extra brings: group -> option -> the package that registers it.
 PLUGINS = {"hydra/launcher": {"joblib": "hydra-joblib-launcher", "submitit_local": "hydra-submitit-launcher",
-                              "submitit_slurm": "hydra-submitit-launcher"},
-           "hydra/sweeper": {"optuna": "hydra-optuna-sweeper"}}
+                              "submitit_slurm": "hydra-submitit-launcher"}}
+# hydra-optuna-sweeper 1.3.0 (its last release) pins optuna<3 and sqlalchemy<2; search.py drives current Optuna.
+OPTUNA_MOVED = "hydra/sweeper=optuna is replaced by `nin sweep --trials N` (current Optuna, pruning, resumable studies)"
+PRUNED = "pruned.json"
 ERRORS = {2: ConfigError, 3: DataError, 4: UnsafeFileError, 5: DivergedError}
 
 
@@ -61,6 +63,7 @@ class Plan:
     sweeper: str
     launcher: str
     jobs: list[list[str]]  # every job's overrides (basic sweeper), or one per candidate value (sampling sweepers)
+    lines: list[str] = field(default_factory=list)  # the sweep's overrides, ready sweeps' params included
     invalid: dict[int, str] = field(default_factory=dict)  # index in jobs -> why that job's config is invalid
 
 
@@ -104,6 +107,8 @@ def _check_plugins(overrides: list[str], loader: Any) -> None:
     """`hydra/launcher=joblib` and friends without their plugin installed: say what to install (exit 2)."""
     for item in overrides:
         group, _, option = item.lstrip("+").partition("=")
+        if (group, option) == ("hydra/sweeper", "optuna"):
+            raise ConfigError(OPTUNA_MOVED)
         if group not in PLUGINS:
             continue
         available = loader.get_group_options(group)
@@ -123,26 +128,32 @@ def _candidates(override: Any) -> list[str]:
     return list(override.sweep_string_iterator())
 
 
-def _job_overrides(hydra: Any, cfg: Any) -> list[list[str]]:
-    """The grid BasicSweeper will launch; for sampling sweepers, one job per candidate value of each swept key
+def sweep_lines(cfg: Any) -> list[str]:
+    """The sweep's overrides: ready sweeps' values (+sweep=NAME puts them in hydra.sweeper.params), then the
+    command line's (which win)."""
+    from omegaconf import OmegaConf
+
+    params = cfg.hydra.sweeper.get("params") or {}
+    return [f"{key}={value}" for key, value in params.items()] + OmegaConf.to_container(cfg.hydra.overrides.task)
+
+
+def _job_overrides(hydra: Any, lines: list[str], sampled: bool) -> list[list[str]]:
+    """The grid BasicSweeper will launch; for a sampled search, one job per candidate value of each swept key
     (choices, interval ends), the other keys at their first: enough to validate every value."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
 
     from nin_cli.hydra_app import hydra_private
 
-    params = cfg.hydra.sweeper.get("params") or {}  # ready sweeps (+sweep=NAME) put their values here
-    lines = [f"{key}={value}" for key, value in params.items()] + OmegaConf.to_container(cfg.hydra.overrides.task)
     try:
         parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(lines)
     except HydraException as err:
         raise hydra_error(err) from None
-    if cfg.hydra.runtime.choices["hydra/sweeper"] == "basic":
+    if not sampled:
         for override in parsed:
             if override.is_sweep_override() and not override.is_discrete_sweep():
                 raise ConfigError(f"'{override.input_line}': the grid sweeper needs a list of values; sample a "
-                                  "range with hydra/sweeper=optuna")
+                                  "range with nin sweep --trials N")
         return hydra_private().BasicSweeper.split_arguments(parsed, None)[0]
     fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed if not o.is_sweep_override()]
     swept = [[f"{o.get_key_element()}={v}" for v in _candidates(o)] for o in parsed if o.is_sweep_override()]
@@ -175,8 +186,7 @@ def _validate(hydra: Any, plan: Plan) -> dict[int, str]:
             invalid[i] = err
             continue
         if plan.sweeper != "basic" and cfg.dataset.val_size == 0:
-            raise ConfigError(f"hydra/sweeper={plan.sweeper} minimises the validation error: "
-                              "set dataset.val_size > 0")
+            raise ConfigError("a search (--trials) minimises the validation error: set dataset.val_size > 0")
     if invalid and len(invalid) == len(plan.jobs):
         raise next(iter(invalid.values()))
     return {i: str(err) for i, err in invalid.items()}
@@ -189,8 +199,9 @@ def _pin_sweep_dir(overrides: list[str], sweep_dir: Path) -> list[str]:
     return [*kept, f"hydra.sweep.dir='{quoted}'"]
 
 
-def plan_sweep(overrides: list[str]) -> Plan:
-    """Compose the sweep, list its jobs and validate each one; nothing is written."""
+def plan_sweep(overrides: list[str], sampled: bool = False) -> Plan:
+    """Compose the sweep, list its jobs (`sampled`: the candidates a search may pick) and validate each one;
+    nothing is written."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -205,8 +216,9 @@ def plan_sweep(overrides: list[str]) -> Plan:
         cfg = _compose(hydra, overrides, multirun=True)
         choices = cfg.hydra.runtime.choices
         sweep_dir = Path(str(cfg.hydra.sweep.dir)).expanduser().absolute()
-        plan = Plan(_pin_sweep_dir(overrides, sweep_dir), sweep_dir, choices["hydra/sweeper"],
-                    choices["hydra/launcher"], _job_overrides(hydra, cfg))
+        lines, sweeper = sweep_lines(cfg), "optuna" if sampled else choices["hydra/sweeper"]
+        plan = Plan(_pin_sweep_dir(overrides, sweep_dir), sweep_dir, sweeper, choices["hydra/launcher"],
+                    _job_overrides(hydra, lines, sweeper != "basic"), lines)
         plan.invalid = _validate(hydra, plan)
     return plan
 
@@ -231,9 +243,6 @@ def run_sweep(overrides: list[str], dry_run: bool = False) -> list[JobRow]:
     if dry_run:
         print_plan(plan)
         return []
-    if plan.sweeper != "basic" and job_dirs(plan.sweep_dir):
-        raise ConfigError(f"hydra/sweeper={plan.sweeper} numbers its trials from 0 on every run and "
-                          f"{plan.sweep_dir} already holds jobs: sweep into a new hydra.sweep.dir")
     swept = swept_overrides(plan.jobs)
     for i, reason in plan.invalid.items():
         print(f"nin: job #{i} ({swept[i]}) will fail: {reason}", file=sys.stderr)
@@ -245,17 +254,22 @@ def run_sweep(overrides: list[str], dry_run: bool = False) -> list[JobRow]:
     finally:  # also after Ctrl-C: what finished so far
         if job_dirs(plan.sweep_dir):
             rows = show_summary(plan.sweep_dir)
+    raise_failed(rows)
+    return rows
+
+
+def raise_failed(rows: list[JobRow]) -> None:
+    """The first failed job's error class (its exit code), once the summary is written."""
     failed = [row for row in rows if row.status == "failed"]
     if failed:
         first = failed[0]
         raise ERRORS.get(first.exit_code or 1, NinError)(
             f"{len(failed)} of {len(rows)} jobs failed; job {first.job} ({first.swept}): {first.reason}")
-    return rows
 
 
 def sweep_job(cfg: Any) -> float:
     """One job, run by the launcher in this process or another: train (or skip a finished run, or resume) and
-    return the best validation error, which hydra/sweeper=optuna minimises. An anticipated failure is recorded
+    return the best validation error (what a sampling sweeper would minimise). An anticipated failure is recorded
     in failure.json with its one-line reason and reported as +inf, never raised: the other jobs run on."""
     from hydra.core.hydra_config import HydraConfig
 
@@ -266,11 +280,11 @@ def sweep_job(cfg: Any) -> float:
     except Interrupted as err:
         raise _StopSweep(str(err), err.exit_code) from None
     except NinError as err:
-        return _record_failure(run_dir, str(err), err.exit_code)
+        return record_failure(run_dir, str(err), err.exit_code)
     except Exception as err:  # a bug: the traceback goes to the job's train.log, one line to the summary
         with open(run_dir / "train.log", "a") as f:
             f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}][CRASH]\n{traceback.format_exc()}")
-        return _record_failure(run_dir, f"internal error ({type(err).__name__}: {err}); traceback in "
+        return record_failure(run_dir, f"internal error ({type(err).__name__}: {err}); traceback in "
                                f"{run_dir / 'train.log'}", 1)
     value = summary.get("best_val_error")
     return float(value) if value is not None else math.inf
@@ -320,14 +334,14 @@ def _finished_run(cfg: NinConfig, run_dir: Path) -> dict | None:
     return _read_json(run_dir / "summary.json")
 
 
-def _record_failure(run_dir: Path, reason: str, exit_code: int) -> float:
+def record_failure(run_dir: Path, reason: str, exit_code: int) -> float:
     from nin_cli.runs import write_json
 
     reason = one_line(reason)  # one line in the summary, whatever the error said
     log.error("job %s failed: %s", run_dir, reason)
     write_json(run_dir / FAILURE, {"reason": reason, "exit_code": exit_code,
                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return math.inf  # a number, so Optuna records the trial and its sampler steers away from what failed
+    return math.inf  # a number, so a sampler records the trial and steers away from what failed
 
 
 # ---------------------------------------------------------------------------------------------- the summary
@@ -365,8 +379,12 @@ def read_job(sweep_dir: Path, run_dir: Path) -> JobRow:
     overrides = [str(o) for o in _load_yaml(run_dir / ".hydra" / "overrides.yaml") or []]
     row = JobRow(run_dir.relative_to(sweep_dir).as_posix(), overrides, "unfinished")
     failure, summary = _read_json(run_dir / FAILURE), _read_json(run_dir / "summary.json")
+    pruned = _read_json(run_dir / PRUNED)
     if failure is not None:
         row.status, row.reason, row.exit_code = "failed", failure.get("reason", ""), failure.get("exit_code")
+    elif pruned is not None:  # a search stopped it: its validation error was behind the other trials'
+        row.status, row.best_val_error = "pruned", pruned.get("best_val_error")
+        row.reason = f"pruned after epoch {pruned.get('epoch')}"
     elif summary is not None:
         row.status = "done"
         row.best_val_error, row.test_error = summary.get("best_val_error"), summary.get("test_error")

@@ -9,6 +9,8 @@ import math
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -114,6 +116,33 @@ def test_help_lists_every_config_group_and_its_options(nin):
         for group in GROUPS:
             assert f"{group}= " in text, (args, group)
         assert "paper_mnist" in text and "nin_imagenet" in text and len(group_options("experiment")) > 10
+
+
+def _nin_output(args: list[str], env: dict) -> str:
+    out = subprocess.run([sys.executable, "-c", "from nin_cli.cli import main; main()", *args],
+                         env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_shell_completion_of_commands_groups_options_and_keys():
+    """The protocol the installed completion scripts speak: the line goes in through the environment."""
+    from nin_cli.config import group_options
+
+    def bash(line: str) -> list[str]:  # bash hands over the words split at spaces and at '='
+        cword = len(line.split()) - (0 if line.endswith(" ") else 1)
+        return _nin_output([], {"_NIN_COMPLETE": "complete_bash", "COMP_WORDS": line,
+                                "COMP_CWORD": str(cword)}).split()
+
+    assert bash("nin sw") == ["sweep"] and bash("nin ex") == ["export"]
+    assert bash("nin train dataset = ci") == ["cifar10", "cifar100"]
+    assert bash("nin sweep experiment = ") == group_options("experiment")
+    assert bash("nin train trainer.ema") == ["trainer.ema_decay=", "trainer.ema_start_step="]
+    assert "--json" in bash("nin train --j") and "--trials" in bash("nin sweep --tr")
+    assert {"dataset=", "model=", "experiment=", "optim.lr=", "resume="} <= set(bash("nin train "))
+    zsh = _nin_output([], {"_NIN_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "nin info head=f"})
+    assert zsh.strip() == """_arguments '*: :(("head=fc" "head=fc_dropout"))'"""
+    assert "_NIN_COMPLETE=complete_bash" in _nin_output(["--show-completion", "bash"], {})
 
 
 def test_ema_is_evaluated_each_epoch_resumed_bit_exactly_and_used_by_eval_and_export(nin, tmp_path):

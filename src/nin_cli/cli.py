@@ -22,8 +22,23 @@ def _groups_epilog() -> str:
         f"{group}= {', '.join(group_options(group))}" for group in GROUPS) + "."
 
 
+class OverridesCommand(typer.core.TyperCommand):
+    """A command whose extra arguments are Hydra overrides: the shell completes them too (config groups, their
+    options, schema keys), not only the command's options (`nin --install-completion`)."""
+
+    def shell_complete(self, ctx: typer.Context, incomplete: str) -> list:
+        from click.shell_completion import CompletionItem
+
+        from nin_cli.config import completions
+
+        items = super().shell_complete(ctx, incomplete)
+        if incomplete.startswith("-"):
+            return items
+        return items + [CompletionItem(c) for c in completions(list(ctx.args), incomplete)]
+
+
 EPILOG = _groups_epilog()
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, epilog=EPILOG,
                   help="Train, evaluate, sweep, export and inspect Network In Network classifiers.")
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -44,7 +59,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_print_versi
     """Train, evaluate, sweep, export and inspect Network In Network classifiers."""
 
 
-@app.command(context_settings=OVERRIDES, epilog=EPILOG)
+@app.command(cls=OverridesCommand, context_settings=OVERRIDES, epilog=EPILOG)
 def train(ctx: typer.Context,
           as_json: bool = typer.Option(False, "--json", help="Print summary.json's content as one JSON object on "
                                                              "stdout (the log stays on stderr).")) -> None:
@@ -76,7 +91,7 @@ def train(ctx: typer.Context,
           + (f", best val error {best:.2f}% (epoch {summary['best_epoch']})" if best is not None else ""))
 
 
-@app.command(context_settings=OVERRIDES, epilog=EPILOG)
+@app.command(cls=OverridesCommand, context_settings=OVERRIDES, epilog=EPILOG)
 def sweep(ctx: typer.Context,
           summary: Path | None = typer.Option(None, "--summary", metavar="DIR",
                                               help="Only (re)write and print the summary of the sweep in DIR."),
@@ -118,7 +133,7 @@ def sweep(ctx: typer.Context,
     run_search(list(ctx.args), trials, optuna.samplers.TPESampler(seed=seed), chosen, dry_run=dry_run)
 
 
-@app.command(context_settings=OVERRIDES, epilog=EPILOG)
+@app.command(cls=OverridesCommand, context_settings=OVERRIDES, epilog=EPILOG)
 def info(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Resolved config, parameters and FLOPs per mlpconv block."""
     from omegaconf import OmegaConf
@@ -157,7 +172,7 @@ def info(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=
     console.print(table)
 
 
-@app.command(context_settings=OVERRIDES, epilog=EPILOG)
+@app.command(cls=OverridesCommand, context_settings=OVERRIDES, epilog=EPILOG)
 def data(ctx: typer.Context,
          download: bool = typer.Option(False, "--download", help="Fetch missing files (where a network exists)."),
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
@@ -175,7 +190,7 @@ def data(ctx: typer.Context,
     print(json.dumps(report) if as_json else format_report(report, classes))
 
 
-@app.command("eval", context_settings=OVERRIDES, epilog=EPILOG)
+@app.command("eval", cls=OverridesCommand, context_settings=OVERRIDES, epilog=EPILOG)
 def eval_(ctx: typer.Context,
           checkpoint: Path = typer.Argument(..., metavar="CKPT", readable=False,
                                             help="A nin checkpoint (RUN/checkpoints/best.pt), or a run "
@@ -312,7 +327,7 @@ def plot(paths: list[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP",
     print(f"wrote {written}")
 
 
-@app.command(context_settings=OVERRIDES, epilog=EPILOG)
+@app.command(cls=OverridesCommand, context_settings=OVERRIDES, epilog=EPILOG)
 def bench(ctx: typer.Context,
           as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
           steps: int = typer.Option(5, "--steps", min=1, help="Timed training steps per measurement."),

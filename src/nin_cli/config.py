@@ -390,6 +390,28 @@ def group_options(group: str) -> list[str]:
     )
 
 
+def schema_keys(cls: type = NinConfig, prefix: str = "") -> list[str]:
+    """Every settable dotted key of the schema (lists of blocks are set whole: model.blocks)."""
+    keys = []
+    for f in fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        keys += schema_keys(tp, f"{prefix}{f.name}.") if is_dataclass(tp) else [prefix + f.name]
+    return keys
+
+
+def completions(args: list[str], incomplete: str) -> list[str]:
+    """Shell completion of an override: config groups and schema keys (`dataset=`, `trainer.epochs=`), then a
+    group's options. bash splits words at '=' (the word before the one being completed is then "="); zsh and fish
+    keep `dataset=ci` whole."""
+    if len(args) >= 2 and args[-1] == "=" and args[-2] in GROUPS:
+        return [o for o in group_options(args[-2]) if o.startswith(incomplete)]
+    key, eq, partial = incomplete.partition("=")
+    if eq:
+        return [f"{key}={o}" for o in group_options(key) if o.startswith(partial)] if key in GROUPS else []
+    keys = dict.fromkeys([f"{g}=" for g in GROUPS] + [f"{k}=" for k in schema_keys()])
+    return [k for k in keys if k.startswith(incomplete)]
+
+
 def hydra_error(err: Exception) -> ConfigError:
     """Turn Hydra's multi-line composition errors into one line naming the key, value and what is allowed."""
     import yaml

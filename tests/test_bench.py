@@ -3,6 +3,7 @@ synchronisation per step on the accelerator branch (run on the CPU), AMP + memor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,8 @@ from nin_cli.bench import BenchOptions, bench_config, build_pipelines, time_nin_
 from nin_cli.config import load_config
 from nin_cli.runs import RunPaths
 from nin_cli.runtime import tune_malloc
-from nin_cli.train import Loop, NullWriter, new_loop, train_one_epoch
+from nin_cli.state import Loop, NullWriter
+from nin_cli.train import new_loop, train_one_epoch
 
 TINY = ["dataset=synthetic", "model=nin_small", "dataset.image_shape=[3,8,8]", "trainer.batch_size=8",
         "trainer.eval_batch_size=16", "trainer.num_threads=1"]
@@ -70,7 +72,7 @@ class Recorder(NullWriter):
 
 def test_device_resident_sums_equal_the_per_step_values():
     loop = loop_for(["trainer.log_every=1"], steps=5)
-    loop.writer = Recorder()
+    loop = dataclasses.replace(loop, writer=Recorder())
     train = train_one_epoch(loop, lambda *a: None)
     assert len(loop.writer.losses) == 5 and loop.sums.seen == 40
     assert train["loss"] == pytest.approx(sum(loop.writer.losses) / 5, rel=1e-6)

@@ -77,7 +77,7 @@ def test_final_relu_is_configurable():
 
 
 def test_overfits_one_batch():
-    from nin_cli.train import build_optimizer
+    from nin_cli.schedule import build_optimizer
 
     torch.manual_seed(0)
     net, cfg = _net(["model=nin_small", "model.dropout=0", "optim=adamw", "optim.lr=3e-3"], [3, 16, 16], 10)

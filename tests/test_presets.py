@@ -14,7 +14,8 @@ from conftest import FAST
 from nin_cli.config import config_dir, group_options, load_config, to_config
 from nin_cli.model import LocallyConnected2d, build_model
 from nin_cli.report import ROW_BY_KEY
-from nin_cli.train import TrainState, build_optimizer, lr_multiplier, update_plateau
+from nin_cli.schedule import build_optimizer, lr_multiplier, update_plateau
+from nin_cli.state import TrainState
 
 # preset: (image shape, classes, parameters). NIN counts are paper.md's; the §4.6 CNN's are derived from its
 # reconstruction: conv 3→64 (4,864) + 64→64 5×5 twice (102,464 each) + locally connected 3×3 on 8×8 positions,

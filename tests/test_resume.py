@@ -223,8 +223,8 @@ def test_a_damaged_last_checkpoint_falls_back_to_best_or_exits_3(nin, tmp_path, 
 
 def test_best_written_after_last_is_the_newest(tmp_path, one_epoch):
     """A crash between an epoch end's two saves (best.pt first, then last.pt) resumes from best.pt."""
+    from nin_cli.resume import newest_checkpoint
     from nin_cli.runs import RunPaths
-    from nin_cli.train import newest_checkpoint
 
     run = copy_run(one_epoch, tmp_path / "run")
     paths = RunPaths(run)

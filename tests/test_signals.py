@@ -109,7 +109,7 @@ def test_forced_nan_exits_5_within_one_step_and_no_checkpoint_holds_it(nin, tmp_
 
 def test_on_an_accelerator_nan_is_caught_before_the_next_save_without_a_sync_per_step(nin, tmp_path, monkeypatch):
     """The GPU path (no host sync per step), forced on the CPU: the poisoned step's weights are never saved."""
-    from nin_cli.train import Loop
+    from nin_cli.state import Loop
 
     monkeypatch.setattr(Loop, "check_every_step", property(lambda self: False))
     monkeypatch.setenv("NIN_FAULT_INJECT", "loss@5=nan")

@@ -8,7 +8,8 @@ import torch
 
 from conftest import FAST
 from nin_cli.config import ScheduleConfig, load_config
-from nin_cli.train import TrainState, build_optimizer, lr_multiplier, update_plateau
+from nin_cli.schedule import build_optimizer, lr_multiplier, update_plateau
+from nin_cli.state import TrainState
 from test_resume import restore_torch_threads  # noqa: F401  (autouse: in-process runs set torch's threads)
 
 ONE_THREAD = "trainer.num_threads=1"  # on a shared 2-core machine, OpenMP threads spinning cost far more than they give

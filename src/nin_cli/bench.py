@@ -195,7 +195,7 @@ def make_trainee(cfg: NinConfig, device: torch.device, channels_last: bool, comp
     """The nin pipeline's optimizer comes from `train.build_optimizer` (per-layer groups); the others' from the
     textbook one-liner."""
     from nin_cli.model import build_model
-    from nin_cli.train import build_optimizer
+    from nin_cli.schedule import build_optimizer
 
     shape, classes = image_spec(cfg)
     model = build_model(cfg.model, cfg.head, shape, classes).to(device)

@@ -164,7 +164,7 @@ def _open_archive(path: Path, data: bytes | BinaryIO) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
     except Exception as err:  # noqa: BLE001 - whatever the zip reader trips on (also NotImplementedError) is damage
-        raise DataError(f"{path}: corrupt or truncated archive ({_short(err)})") from None
+        raise DataError(f"{path}: corrupt or truncated archive ({one_line(err, 160)})") from None
 
 
 def _read_bounded(path: Path) -> bytes:
@@ -275,7 +275,7 @@ def _check_crc(path: Path, archive: zipfile.ZipFile) -> None:
     try:
         bad = archive.testzip()
     except Exception as err:  # noqa: BLE001 - as in load_checkpoint
-        raise DataError(f"{path}: corrupt archive ({_short(err)})") from None
+        raise DataError(f"{path}: corrupt archive ({one_line(err, 160)})") from None
     if bad is not None:
         raise DataError(f"{path}: corrupt archive: entry {bad!r} fails its CRC check (the file was damaged)")
 
@@ -335,7 +335,7 @@ def _check_globals(path: Path, data: bytes) -> None:
     try:
         imports = pickle_globals(data)
     except Exception as err:  # noqa: BLE001 - any opcode the reader cannot parse means a damaged pickle
-        raise DataError(f"{path}: corrupt checkpoint (its pickle does not parse: {_short(err)})") from None
+        raise DataError(f"{path}: corrupt checkpoint (its pickle does not parse: {one_line(err, 160)})") from None
     _refuse_unsafe(path, imports)
 
 
@@ -375,10 +375,10 @@ def _torch_load(path: Path, data: bytes) -> Any:
         # torch raises this one type both for what its weights-only unpickler refuses and for broken bytes, and
         # says which only in its text (no subclass to catch); the import scan (step 5) refused unsafe globals first
         if "Weights only load failed" in str(err) or "Unsupported" in str(err):
-            raise UnsafeFileError(f"{path}: refused, loading it would execute code ({_short(err)})") from None
-        raise DataError(f"{path}: corrupt checkpoint ({_short(err)})") from None
+            raise UnsafeFileError(f"{path}: refused, loading it would execute code ({one_line(err, 160)})") from None
+        raise DataError(f"{path}: corrupt checkpoint ({one_line(err, 160)})") from None
     except Exception as err:  # noqa: BLE001 - any other failure to parse means a corrupt file
-        raise DataError(f"{path}: corrupt or truncated checkpoint ({_short(err)})") from None
+        raise DataError(f"{path}: corrupt or truncated checkpoint ({one_line(err, 160)})") from None
 
 
 def _check_record(path: Path, record: Any) -> dict:
@@ -391,11 +391,6 @@ def _check_record(path: Path, record: Any) -> dict:
         raise DataError(f"{path}: integrity check failed (content hash mismatch): the file is corrupt")
     record["sha256"] = expected
     return record
-
-
-def _short(err: BaseException) -> str:
-    text = one_line(err) or type(err).__name__
-    return text[:160] + ("…" if len(text) > 160 else "")
 
 
 # ------------------------------------------------------------------------------------- model from checkpoint
@@ -504,7 +499,7 @@ def load_trained(path: str | Path, overrides: list[str] | tuple[str, ...] = (), 
     try:
         model = rebuild(cfg.model, cfg.head)
     except (RuntimeError, ValueError, TypeError) as err:
-        problem = _short(err)
+        problem = one_line(err, 160)
         try:  # whose fault: the command line's (exit 2) only when the stored config fits the weights
             stored = checkpoint_config(record["config"], []) if overrides else None
             if stored is not None:

@@ -72,11 +72,6 @@ def per_class_tail(labels: torch.Tensor, per_class: list[int], what: str) -> tor
     return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.int64)
 
 
-def _one_line(err: BaseException) -> str:
-    text = one_line(err) or type(err).__name__
-    return text if len(text) < 200 else text[:197] + "..."
-
-
 def _diagnose(folder: Path, files: list[tuple[str, str | None]]) -> tuple[str, bool] | None:
     """What is wrong with an official file set: (message, files_missing), or None if every file checks out."""
     missing = [name for name, _ in files if not (folder / name).is_file()]
@@ -98,11 +93,11 @@ def _open_official(cfg: DatasetConfig, make: Callable, folder: Path, files: list
         found = _diagnose(folder, files)
         how = f"get them with `nin data dataset={cfg.name} --download` where a network exists, or {fetch}"
         if found is None:
-            problem = f"files under {folder} could not be read ({_one_line(err)})"
+            problem = f"files under {folder} could not be read ({one_line(err, 200)})"
         else:
             problem, missing = found
             if missing and cfg.download:
-                problem, how = f"{problem}; the download failed ({_one_line(err)})", fetch
+                problem, how = f"{problem}; the download failed ({one_line(err, 200)})", fetch
         raise DataError(f"{cfg.name}: {problem}; {how}") from None
 
 
@@ -141,7 +136,7 @@ def _cifar100_coarse(folder: Path, file_list: list, meta_name: str) -> tuple[tor
         with open(folder / meta_name, "rb") as f:
             classes = list(pickle.load(f, encoding="latin1")["coarse_label_names"])
     except (OSError, EOFError, KeyError, pickle.UnpicklingError) as err:
-        raise DataError(f"cifar100: coarse labels could not be read from {folder} ({_one_line(err)})") from None
+        raise DataError(f"cifar100: coarse labels could not be read from {folder} ({one_line(err, 200)})") from None
     return torch.tensor(labels), classes
 
 
@@ -190,7 +185,7 @@ def _unpack_idx(cfg: DatasetConfig, raw: Path, resources: list[tuple[str, str]],
             with gzip.open(packed, "rb") as src:
                 atomic_write(unpacked, lambda dst, src=src: shutil.copyfileobj(src, dst))
         except (OSError, EOFError) as err:
-            raise DataError(f"mnist: {packed} could not be unpacked ({_one_line(err)}); it is corrupt") from None
+            raise DataError(f"mnist: {packed} could not be unpacked ({one_line(err, 200)}); it is corrupt") from None
     if missing:
         raise DataError(f"mnist: not found under {raw} (missing {', '.join(missing)}); get them with "
                         f"`nin data dataset=mnist --download` where a network exists, or {fetch}")
@@ -308,7 +303,7 @@ def _read(path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as err:
-        raise DataError(f"imagefolder: cannot read {path} ({_one_line(err)})") from None
+        raise DataError(f"imagefolder: cannot read {path} ({one_line(err, 200)})") from None
 
 
 def _labels(files: list[tuple[str, int]]) -> torch.Tensor:
@@ -358,7 +353,7 @@ def _decode_pil(path: str, data: bytes, channels: int) -> torch.Tensor:
         with Image.open(io.BytesIO(data)) as im:
             array = np.asarray(im.convert("L" if channels == 1 else "RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"imagefolder: cannot decode {path} ({_one_line(err)}): not a readable image") from None
+        raise DataError(f"imagefolder: cannot decode {path} ({one_line(err, 200)}): not a readable image") from None
     return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1).contiguous()
 
 
@@ -368,7 +363,7 @@ def read_cache(path: Path) -> dict | None:
     try:
         return torch.load(path, weights_only=True)
     except Exception as err:  # a cache is ours to rebuild: never a reason to stop
-        log.warning("ignoring unreadable cache %s (%s); rebuilding it", path, _one_line(err))
+        log.warning("ignoring unreadable cache %s (%s); rebuilding it", path, one_line(err, 200))
         return None
 
 
@@ -378,7 +373,7 @@ def write_cache(path: Path, payload: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: torch.save(payload, f))
     except OSError as err:
-        log.warning("could not write the cache %s (%s); the next run decodes again", path, _one_line(err))
+        log.warning("could not write the cache %s (%s); the next run decodes again", path, one_line(err, 200))
 
 
 # ------------------------------------------------------------------------------------------- bundled, made up

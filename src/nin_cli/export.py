@@ -13,7 +13,8 @@ import base64
 import json
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -35,16 +36,22 @@ def _batch_dim():
 
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"],
-                                    output_names=["logits"], dynamic_shapes=({0: _batch_dim()},), verbose=False)
+    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"],
+                                output_names=["logits"], dynamic_shapes=({0: _batch_dim()},), verbose=False)
     program.save(str(out))
 
 
+@contextmanager
+def _without_jit_deprecation() -> Iterator[None]:
+    """torch.jit is deprecated upstream (FutureWarning on trace and load) but still what many runtimes load: only
+    that warning is hidden, any other still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        yield
+
+
 def export_torchscript(model: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
-    with warnings.catch_warnings():  # torch.jit is deprecated upstream but still what many runtimes load
-        warnings.simplefilter("ignore")
+    with _without_jit_deprecation():
         torch.jit.trace(model, example, check_trace=False).save(str(out))
 
 
@@ -70,8 +77,7 @@ def reload_runner(fmt: str, out: Path, trained) -> Callable[[torch.Tensor], torc
         session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         return lambda x: torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
     if fmt == "torchscript":
-        with warnings.catch_warnings():  # deprecated upstream, as above
-            warnings.simplefilter("ignore")
+        with _without_jit_deprecation():
             module = torch.jit.load(str(out), map_location="cpu").eval()
         return lambda x: module(x)
     if fmt == "exported-program":

@@ -14,17 +14,15 @@ import json
 import logging
 import math
 import os
-import random
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,16 +34,14 @@ from nin_cli.collectives import (
     all_sum,
     barrier,
     broadcast_object,
-    gather_objects,
     lost_peer,
     shutdown,
     wrap_model,
 )
-from nin_cli.config import NinConfig, OptimConfig, ScheduleConfig, to_dict
+from nin_cli.config import NinConfig, to_dict
 from nin_cli.data import Data, Split, load_data, steps_per_epoch, to_input, train_batches
 from nin_cli.errors import (
     CollapsedError,
-    ConfigError,
     DataError,
     DivergedError,
     Interrupted,
@@ -56,7 +52,8 @@ from nin_cli.faults import inject
 from nin_cli.files import one_line
 from nin_cli.maps import log_class_maps
 from nin_cli.metrics import evaluate, evaluation_sums, metrics_from_sums
-from nin_cli.model import NIN, build_model
+from nin_cli.model import build_model
+from nin_cli.resume import checkpoint_payload, restore, resume_source
 from nin_cli.runs import (
     RunPaths,
     append_metrics,
@@ -69,149 +66,19 @@ from nin_cli.runs import (
     write_json,
 )
 from nin_cli.runtime import autocast, autocast_dtype, resolve_device, seed_everything, set_tf32, tune_malloc
+from nin_cli.schedule import build_optimizer, lr_multiplier, update_plateau
+from nin_cli.state import EpochSums, Loop, NullWriter, StopRequest, TrainState, elapsed, epoch_totals
 
 log = logging.getLogger("nin")
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps taken in all
-    epoch_step: int = 0  # steps taken inside epoch `epoch` (non-zero in a mid-epoch checkpoint)
-    best_val_error: float = math.inf
-    best_epoch: int = -1
-    lr_scale: float = 1.0  # paper_plateau: product of the drops so far
-    best_train_accuracy: float = -1.0
-    epochs_without_gain: int = 0
-    drops: int = 0
-    chance_epochs: int = 0
-    stopped_early: bool = False
-    dead_steps: int = 0  # consecutive steps on which every image got the same output (see `raise_if_collapsed`)
-    elapsed_s: float = 0.0  # training time of the run's earlier processes (trainer.max_time survives a resume)
-    epochs_without_val_gain: int = 0  # trainer.early_stop_patience
-    stopped_because: str | None = None  # early stopping or the time limit: said in the log and summary.json
 
 
 # ------------------------------------------------------------------------------------------- device and setup
 
 
-def build_optimizer(model: NIN, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Per-parameter-group learning rates: biases × bias_lr_mult, the last layer × last_layer_lr_mult; weight
-    decay on conv/linear weights only. Each group remembers its `base_lr` for the schedule."""
-    last = model.last_layer()
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            is_weight = name == "weight" and param.ndim > 1  # conv, linear and locally connected kernels
-            groups.setdefault((module is last, is_weight), []).append(param)
-    param_groups = []
-    for (is_last, is_weight), params in groups.items():
-        lr = cfg.lr * (cfg.last_layer_lr_mult if is_last else 1.0) * (1.0 if is_weight else cfg.bias_lr_mult)
-        param_groups.append({"params": params, "lr": lr, "base_lr": lr, "is_bias": not is_weight,
-                             "weight_decay": cfg.weight_decay if is_weight else 0.0})
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas))
-    return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-
-
 # ------------------------------------------------------------------------------------------------- schedule
 
 
-def lr_multiplier(cfg: ScheduleConfig, progress: float, total_epochs: int, lr_scale: float = 1.0,
-                  drops: bool = True) -> float:
-    """The factor on a group's base lr at `progress` epochs (fractional) into training. `drops=False`: without the
-    ÷gamma drops of milestones / paper_plateau (the biases' factor when `schedule.drop_bias_lr` is false)."""
-    if cfg.name == "milestones":
-        factor = cfg.gamma ** sum(progress >= m for m in cfg.milestones) if drops else 1.0
-    elif cfg.name == "paper_plateau":
-        factor = lr_scale if drops else 1.0
-    elif cfg.name == "cosine":
-        t = min(1.0, max(0.0, (progress - cfg.warmup_epochs) / max(1e-9, total_epochs - cfg.warmup_epochs)))
-        factor = cfg.final_lr_mult + (1 - cfg.final_lr_mult) * 0.5 * (1 + math.cos(math.pi * t))
-    elif cfg.name == "onecycle":
-        peak = cfg.pct_start * total_epochs
-        if progress < peak:
-            return max(progress / peak, 1e-3)
-        t = min(1.0, (progress - peak) / max(1e-9, total_epochs - peak))
-        factor = 1 - (1 - cfg.final_lr_mult) * t
-    else:
-        factor = 1.0
-    if cfg.warmup_epochs > 0 and progress < cfg.warmup_epochs:
-        factor *= max(progress / cfg.warmup_epochs, 1e-3)
-    return factor
-
-
-def update_plateau(state: TrainState, cfg: ScheduleConfig, train_accuracy: float) -> bool:
-    """The paper's rule, after each epoch: when training accuracy has not improved for `patience` epochs,
-    divide lr by 10; after `max_drops` drops the next plateau ends training. Returns True to stop."""
-    if cfg.name != "paper_plateau":
-        return False
-    if train_accuracy > state.best_train_accuracy + cfg.min_delta:
-        state.best_train_accuracy = train_accuracy
-        state.epochs_without_gain = 0
-        return False
-    state.epochs_without_gain += 1
-    if state.epochs_without_gain < cfg.patience:
-        return False
-    if state.drops >= cfg.max_drops:
-        return True
-    state.drops += 1
-    state.lr_scale *= cfg.gamma
-    state.epochs_without_gain = 0
-    state.best_train_accuracy = train_accuracy
-    return False
-
-
 # ------------------------------------------------------------------------------------------------- the loop
-
-
-@dataclass
-class EpochSums:
-    """Running sums of the current epoch, kept on the device and saved in mid-epoch checkpoints, so an epoch
-    resumed halfway reports the same loss and accuracy as one that ran through."""
-
-    loss: torch.Tensor
-    correct: torch.Tensor
-    seen: int = 0
-
-    @classmethod
-    def zeros(cls, device: torch.device) -> EpochSums:
-        return cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
-
-
-@dataclass
-class StopRequest:
-    """Set by the signal handler; the loop notices it between steps, saves a checkpoint and leaves."""
-
-    signum: int | None = None
-
-
-@dataclass
-class Loop:
-    """What one training run threads through its functions (fit's locals, not a framework)."""
-
-    cfg: NinConfig
-    paths: RunPaths
-    data: Data
-    model: nn.Module  # the module whose weights are saved
-    step_model: nn.Module  # the same, or its torch.compile wrapper
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    state: TrainState
-    sums: EpochSums
-    writer: Any
-    stop: StopRequest
-    nonfinite: torch.Tensor  # accelerators: "a loss since the last check was not finite", read lazily
-    dead_steps: torch.Tensor  # consecutive steps with one output for every image, counted on the device
-    dist: Dist = Dist()  # this process's place among the run's processes (Dist(): the only one)
-    clock: float = field(default_factory=time.perf_counter)  # when this process started training the run
-    ema: torch.optim.swa_utils.AveragedModel | None = None  # trainer.ema_decay: the weights' moving average
-
-    @property
-    def check_every_step(self) -> bool:
-        """On the CPU reading the loss each step costs nothing; on an accelerator it would stall the queue, so the
-        flag is read at each log interval and before every checkpoint save instead."""
-        return self.nonfinite.device.type == "cpu"
 
 
 @contextmanager
@@ -260,12 +127,12 @@ def train_step(loop: Loop, images: torch.Tensor, labels: torch.Tensor, steps: in
         loss = loss * float("nan")
     if len(labels) > 1:  # one output for every image of the batch: the network ignores its input
         same = (logits.detach() == logits.detach()[:1]).all()
-        loop.dead_steps = torch.where(same, loop.dead_steps + 1, torch.zeros_like(loop.dead_steps))
+        loop.dead_steps.copy_(torch.where(same, loop.dead_steps + 1, torch.zeros_like(loop.dead_steps)))
     if loop.check_every_step:
         raise_if_not_finite(loop, loss.item())
         raise_if_collapsed(loop)
     else:
-        loop.nonfinite |= ~torch.isfinite(loss.detach())
+        loop.nonfinite.logical_or_(~torch.isfinite(loss.detach()))
         if (state.step + 1) % tr.log_every == 0:  # an accelerator reads the counter only now and then
             raise_if_collapsed(loop)
     loop.optimizer.zero_grad(set_to_none=True)
@@ -383,16 +250,6 @@ def stop_requested(loop: Loop) -> bool:
     return loop.stop.signum is not None
 
 
-def epoch_totals(loop: Loop) -> tuple[float, int, int]:
-    """The epoch's loss sum, correct count and images seen so far, over all processes."""
-    sums = loop.sums
-    totals = all_sum(torch.stack([sums.loss.double(), sums.correct.double(),
-                                  torch.tensor(float(sums.seen), dtype=torch.float64, device=sums.loss.device)]),
-                     loop.dist)
-    loss, correct, seen = totals.tolist()
-    return loss, round(correct), round(seen)
-
-
 def evaluate_shards(loop: Loop, split: Split, model: nn.Module | None = None) -> dict[str, float]:
     """`evaluate` of `model` (default: the raw weights) on the whole split; with several processes each scores
     every world_size-th image and the sums are added up."""
@@ -432,7 +289,7 @@ def end_epoch(loop: Loop, train: dict[str, float], epoch_start: float) -> None:
     if loop.dist.is_main:
         log_epoch(loop.writer, row, tr.epochs)
         append_metrics(loop.paths.metrics, {k: None if v != v else v for k, v in row.items()})  # JSON: null, not NaN
-    loop.sums = EpochSums.zeros(loop.nonfinite.device)
+    loop.sums.set()
     save_checkpoints(loop, best=improved)
     if collapsed:
         raise collapse_error(state, train, data.num_classes, cfg.trainer.seed)
@@ -462,11 +319,6 @@ def train_epochs(loop: Loop) -> None:
             raise interrupted(loop)
     if state.stopped_because:
         log.info("stopped: %s", state.stopped_because)
-
-
-def elapsed(loop: Loop) -> float:
-    """Training time of the run so far, over every process that worked on it (resumes included)."""
-    return loop.state.elapsed_s + time.perf_counter() - loop.clock
 
 
 def out_of_time(loop: Loop) -> bool:
@@ -506,48 +358,6 @@ def collapse_error(state: TrainState, train: dict, num_classes: int, seed: int) 
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-def checkpoint_payload(loop: Loop) -> dict:
-    """Everything a bit-exact resume needs: weights, optimizer, scaler, state (epoch, step, position inside the
-    epoch, best metric, plateau rule), the epoch's running sums and every RNG. The data order is a function of
-    (seed, epoch, step), recorded as `data_order`."""
-    state, data = loop.state, loop.data
-    loss, correct, seen = epoch_totals(loop)
-    state.dead_steps = int(loop.dead_steps)
-    if loop.dist.enabled:  # each process's own RNGs (dropout masks differ between ranks) and epoch sums, in one
-        # gather: resumed, each adds its remaining steps to its own sums in the uninterrupted run's order (float32
-        # sums added in another order differ in the last bit)
-        sums = loop.sums
-        own = {"loss": sums.loss.item(), "correct": sums.correct.item(), "seen": sums.seen}
-        rng, own_sums = zip(*gather_objects((rng_states(), own), loop.dist), strict=True)
-        per_rank = {"rng_ranks": list(rng), "epoch_sums_ranks": list(own_sums)}
-    else:
-        rng, per_rank = [rng_states()], {}
-    return {"config": to_dict(loop.cfg), "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
-            "scaler": loop.scaler.state_dict(), "state": {**asdict(state), "elapsed_s": elapsed(loop)},
-            "rng": rng[0], **per_rank, **({"ema": loop.ema.state_dict()} if loop.ema is not None else {}),
-            "epoch_sums": {"loss": torch.tensor(loss, dtype=torch.float32), "correct": torch.tensor(correct),
-                           "seen": seen},
-            "data_order": {"seed": loop.cfg.trainer.seed, "epoch": state.epoch, "step": state.epoch_step},
-            "data": {"classes": data.classes, "image_shape": data.image_shape, "preprocessing": data.preprocessing}}
-
-
-def restore_epoch_sums(loop: Loop, record: dict) -> None:
-    """A mid-epoch resume continues the epoch's sums: each process its own when the process count is unchanged,
-    else the first process all of them (counted once)."""
-    if not loop.state.epoch_step or not record.get("epoch_sums"):
-        return
-    per_rank, dist = record.get("epoch_sums_ranks") or [], loop.dist
-    if len(per_rank) == dist.world_size:
-        sums = per_rank[dist.rank]
-    elif dist.is_main:
-        sums = record["epoch_sums"]
-    else:
-        return
-    device = loop.nonfinite.device
-    loop.sums = EpochSums(torch.as_tensor(sums["loss"], dtype=torch.float32).to(device),
-                          torch.as_tensor(sums["correct"], dtype=torch.long).to(device), int(sums["seen"]))
-
-
 def save_checkpoints(loop: Loop, best: bool) -> None:
     """best.pt (when improved) and last.pt, after TensorBoard is flushed: everything logged up to this step is on
     disk, so a resume from this checkpoint purges only what came later. Every process takes part (RNG states and
@@ -579,99 +389,6 @@ def keep_epoch_checkpoints(loop: Loop) -> None:
         number = int(path.stem.split("_")[1])
         if path not in recent and not (tr.keep_every and number % tr.keep_every == 0):
             path.unlink()
-
-
-def newest_checkpoint(paths: RunPaths) -> tuple[Path, dict] | None:
-    """The newest complete checkpoint of a run: last.pt, or best.pt when a crash fell between the two saves of an
-    epoch's end (best.pt is written first, so it is then the newer file). Only the newest is read; a damaged one is
-    skipped with a warning, and only damaged files is exit 3, never a silent restart."""
-    found = [p for p in (paths.last, paths.best) if p.exists()]
-    found.sort(key=lambda p: (p.stat().st_mtime_ns, p == paths.last), reverse=True)
-    errors = []
-    for path in found:
-        try:
-            return path, load_checkpoint(path)
-        except DataError as err:
-            log.warning("skipping %s", err)
-            errors.append(err)
-    if errors:
-        raise DataError(f"{errors[0]}; no complete checkpoint to resume from (move {paths.checkpoints} away to "
-                        "start over)")
-    return None
-
-
-def resume_source(cfg: NinConfig, paths: RunPaths) -> tuple[Path, dict] | None:
-    """Where a run continues from: its own newest checkpoint, else `resume=DIR|CKPT`, else nowhere."""
-    own = newest_checkpoint(paths)
-    if own or not cfg.resume:
-        return own
-    target = Path(cfg.resume).expanduser()
-    if target.is_dir():
-        other = newest_checkpoint(RunPaths(target))
-        if other is None:
-            raise DataError(f"resume={cfg.resume}: no checkpoint in {target / 'checkpoints'}")
-        return other
-    return target, load_checkpoint(target)
-
-
-def restore(path: Path, record: dict, loop: Loop) -> None:
-    """Put a checkpoint's state into the loop's model, optimizer, scaler, state, sums and the RNGs."""
-    changed = config_changes(record.get("config", {}), to_dict(loop.cfg))
-    if changed:
-        log.warning("resuming with a changed config: %s", "; ".join(changed[:8]))
-    try:
-        loop.model.load_state_dict(record["model"])
-        loop.optimizer.load_state_dict(record["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise ConfigError(f"{path} does not fit the configured model or optimizer ({one_line(err, 200)}"
-                          "); resume with the run's own config") from None
-    if record.get("scaler"):
-        loop.scaler.load_state_dict(record["scaler"])
-    if loop.ema is not None and isinstance(record.get("ema"), dict):
-        loop.ema.load_state_dict(record["ema"])
-    known = {f.name for f in fields(TrainState)}
-    loop.state = TrainState(**{k: v for k, v in record["state"].items() if k in known})
-    restore_epoch_sums(loop, record)
-    loop.dead_steps.fill_(loop.state.dead_steps)
-    per_rank = record.get("rng_ranks") or []
-    restore_rng(per_rank[loop.dist.rank] if len(per_rank) == loop.dist.world_size else record["rng"])
-
-
-def rng_states() -> dict:
-    """Every RNG's state; Python's and NumPy's 624-word states as one tensor each (cheap to pickle and hash)."""
-    version, words, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    rng = {"torch": torch.get_rng_state(),
-           "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
-           "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
-                     "has_gauss": has_gauss, "cached_gaussian": cached}}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def restore_rng(rng: dict) -> None:
-    torch.set_rng_state(rng["torch"])
-    py, npy = rng["python"], rng["numpy"]
-    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached_gaussian"]))
-    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """'key: old → new' for every leaf that differs (resume itself aside): a resumed run says what it changed."""
-    changes = []
-    for key in sorted(set(saved) | set(current)):
-        name, old, new = f"{prefix}{key}", saved.get(key), current.get(key)
-        if name == "resume":
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            changes += config_changes(old, new, f"{name}.")
-        elif old != new:
-            changes.append(f"{name}: {old!r} → {new!r}")
-    return changes
 
 
 # ------------------------------------------------------------------------------------------------------ fit
@@ -706,12 +423,14 @@ def setup(cfg: NinConfig, paths: RunPaths, stop: StopRequest, dist: Dist) -> Loo
         log.info("resuming from %s at epoch %d, step %d (%d into the epoch)", source[0], loop.state.epoch + 1,
                  loop.state.step, loop.state.epoch_step)
     step_model = wrap_model(model, device, dist)
-    loop.step_model = torch.compile(step_model) if tr.compile else step_model
+    writer = NullWriter()
     if dist.is_main:
         truncate_metrics(paths.metrics, loop.state.epoch)
         truncate_events(paths.tb, loop.state.step)
-        loop.writer = SummaryWriter(str(paths.tb))
-    return loop
+        writer = SummaryWriter(str(paths.tb))
+    # training time starts now (data loading and setup not counted)
+    return replace(loop, step_model=torch.compile(step_model) if tr.compile else step_model, writer=writer,
+                   clock=time.perf_counter())
 
 
 def new_loop(cfg: NinConfig, paths: RunPaths, data: Data, model: nn.Module, step_model: nn.Module | None = None,
@@ -736,13 +455,6 @@ def new_ema(model: nn.Module, decay: float | None) -> torch.optim.swa_utils.Aver
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-class NullWriter:
-    """The TensorBoard writer of processes other than 0: the run's events are process 0's."""
-
-    def __getattr__(self, name: str):
-        return lambda *args, **kwargs: None
-
-
 def fit(cfg: NinConfig, run_dir: Path, dist: Dist | None = None) -> dict | None:
     """Train `cfg` in `run_dir`, continuing from its newest checkpoint (or `resume=`) when there is one; returns
     the summary (process 0; None on the others). Ctrl-C / SIGTERM: checkpoint, then Interrupted (130 / 143)."""
@@ -750,7 +462,6 @@ def fit(cfg: NinConfig, run_dir: Path, dist: Dist | None = None) -> dict | None:
     try:
         with run_dir_lock(run_dir) if dist.is_main else nullcontext(), stop_on_signals() as stop:
             loop = setup(cfg, paths, stop, dist)
-            loop.clock = time.perf_counter()  # training time starts now (data loading and setup not counted)
             try:
                 train_epochs(loop)
                 if dist.is_main:

@@ -92,7 +92,7 @@ def continue_interrupted(study: Any) -> None:
 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"run_dir": trial.user_attrs["run_dir"],
+        study.enqueue_trial(trial.params, user_attrs={"run_dir": trial.user_attrs.get("run_dir", str(trial.number)),
                                                       "continues": trial.number})
 
 
@@ -107,13 +107,19 @@ def trial_overrides(fixed: list[str], params: dict[str, Any]) -> list[str]:
                       for key, value in params.items())]
 
 
-def _val_errors(run_dir: Path) -> list[tuple[int, float]]:
-    """(epoch, val_error) of every finished epoch so far (metrics.jsonl is appended whole lines at a time)."""
+def _val_errors(run_dir: Path, after: int) -> list[tuple[int, float]]:
+    """(epoch, val_error) of every finished epoch after `after` so far. Read while the run appends to it: a line
+    still being written ends the list (the next poll reads it whole)."""
     path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(row["epoch"], row["val_error"]) for row in rows if row.get("val_error") is not None]
+    found: list[tuple[int, float]] = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            break
+        if row.get("epoch", 0) > after and row.get("val_error") is not None:
+            found.append((row["epoch"], row["val_error"]))
+    return found
 
 
 def _forward_stderr(proc: subprocess.Popen, last: list[str]) -> threading.Thread:
@@ -139,13 +145,13 @@ def run_trial(study: Any, trial: Any, overrides: list[str], run_dir: Path) -> st
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     last: list[str] = []
     pump = _forward_stderr(proc, last)
-    reported, best, pruned_at = 0, None, None
+    reported, best, pruned_at = 0, None, None  # reported: the last epoch Optuna has heard of
     try:
         while pruned_at is None:
             running = proc.poll() is None
-            for epoch, val_error in _val_errors(run_dir)[reported:]:
+            for epoch, val_error in _val_errors(run_dir, reported):
                 trial.report(val_error, epoch)
-                reported, best = reported + 1, val_error if best is None else min(best, val_error)
+                reported, best = epoch, val_error if best is None else min(best, val_error)
                 if running and trial.should_prune():
                     pruned_at = epoch
                     proc.send_signal(signal.SIGTERM)  # nin train saves last.pt and exits 143

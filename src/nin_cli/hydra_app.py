@@ -71,18 +71,37 @@ def hydra_private() -> SimpleNamespace:
     return SimpleNamespace(Callbacks=Callbacks, BasicSweeper=BasicSweeper, outcome=lambda ret: ret._return_value)
 
 
-def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> Any:
+def _compose_run(hydra: Any, overrides: list[str]) -> tuple[Any, Path | None]:
+    """The run's config (RUN mode, with Hydra's logging config) and its directory, checked to be writable before
+    anything is created."""
     import yaml
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nin_cli.config import hydra_error
+    from nin_cli.runs import output_dir_problem
+
+    try:
+        cfg = hydra.compose_config(config_name="config", overrides=schema_overrides(overrides),
+                                   run_mode=RunMode.RUN, from_shell=True, with_log_configuration=True)
+    except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError, OSError, RecursionError) as err:
+        raise hydra_error(err) from None
+    cfg.hydra.mode = RunMode.RUN
+    run_dir = _run_dir_of(cfg)
+    problem = output_dir_problem(run_dir) if run_dir is not None else None
+    if problem:
+        raise ConfigError(f"hydra.run.dir={run_dir}: {problem}; give a writable directory")
+    return cfg, run_dir
+
+
+def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> Any:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import JobStatus, run_job
-    from hydra.errors import HydraException
-    from hydra.types import HydraContext, RunMode
+    from hydra.types import HydraContext
     from omegaconf import DictConfig
-    from omegaconf.errors import OmegaConfBaseException
-
-    from nin_cli.config import hydra_error
 
     def task_function(cfg: DictConfig) -> Any:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -97,19 +116,7 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
         hydra = GlobalHydra.instance().hydra
-        try:
-            cfg = hydra.compose_config(config_name="config", overrides=schema_overrides(overrides),
-                                       run_mode=RunMode.RUN, from_shell=True, with_log_configuration=True)
-        except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError, OSError, RecursionError) as err:
-            raise hydra_error(err) from None
-        cfg.hydra.mode = RunMode.RUN
-        run_dir = _run_dir_of(cfg)
-        if run_dir is not None:
-            from nin_cli.runs import output_dir_problem
-
-            problem = output_dir_problem(run_dir)
-            if problem:
-                raise ConfigError(f"hydra.run.dir={run_dir}: {problem}; give a writable directory")
+        cfg, run_dir = _compose_run(hydra, overrides)
         existed = run_dir is not None and run_dir.is_dir()
         callbacks = hydra_private().Callbacks(cfg)
         callbacks.on_run_start(config=cfg, config_name="config")

@@ -195,39 +195,8 @@ def plot_runs(paths: list[Path], out: Path, x: str = "epoch") -> Path:
     axes = fig.subplots(1, len(PANELS))
     colours = [f"C{i}" for i in range(len(groups))] if len(groups) <= 10 else [
         colormaps["turbo"](i / (len(groups) - 1)) for i in range(len(groups))]
-    few = max(len(c.epochs) for c in curves) <= 30  # markers, so a run of one or a few epochs is still visible
-    epochs = sorted({e for c in curves for e in c.epochs})
-    for ax, (key, title, ylabel) in zip(axes, PANELS, strict=True):
-        series = [(i, group, colour, *band(group, key, x)) for i, (group, colour) in
-                  enumerate(zip(groups, colours, strict=True))]
-        series = [s for s in series if any(math.isfinite(m) for m in s[4])]
-        same = len(series) > 1 and len(series) == len(groups) and all(
-            _same(s[3], series[0][3]) and _same(s[4], series[0][4]) for s in series[1:])
-        for i, group, colour, xs, means, stds in series[:1] if same else series:
-            ax.plot(xs, means, color="black" if same else colour, linestyle="-" if same else STYLES[i % len(STYLES)],
-                    marker="o" if few else None, markersize=3, linewidth=1.6, label=None if same else group.label)
-            if len(group.curves) > 1 and not same:
-                ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
-                                [m + s for m, s in zip(means, stds, strict=True)], color=colour, alpha=0.2,
-                                linewidth=0)
-        ax.set_xlabel("epoch" if x == "epoch" else "training time (min, summed epoch times)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-        if same:
-            title += f"\nthe same for all {len(groups)} lines"
-        ax.set_title(title)
-        if x == "epoch":
-            ax.xaxis.get_major_locator().set_params(integer=True)
-            if epochs[-1] - epochs[0] < 4:  # a few epochs: ticks at them, not at 0.98, 1.00, 1.02
-                ax.set_xticks(epochs)
-                ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
-        if not series:
-            ax.text(0.5, 0.5, "no validation split (val_error is null)" if key == "val_error" else
-                    f"no {key} in metrics.jsonl", ha="center", va="center", transform=ax.transAxes, color="dimgrey")
-            ax.set_yticks([])
-        elif key == "lr" and _spans_decades([v for c in curves for v in c.values["lr"]]):
-            ax.set_yscale("log")
-            ax.set_ylabel("learning rate (log scale)")
+    for ax, panel in zip(axes, PANELS, strict=True):
+        draw_panel(ax, panel, groups, colours, curves, x)
     runs = f"{len(curves)} run{'s' if len(curves) > 1 else ''}"
     seeds = {g.seeds for g in groups}
     shaded = ("" if seeds == {""} else f"; each line the mean of {seeds.pop()}, shaded ± std" if len(seeds) == 1
@@ -250,6 +219,42 @@ def plot_runs(paths: list[Path], out: Path, x: str = "epoch") -> Path:
     except OSError as err:
         raise DataError(f"{out}: cannot write the plot ({one_line(err)})") from None
     return out
+
+
+def draw_panel(ax, panel: tuple[str, str, str], groups: list, colours: list, curves: list, x: str) -> None:
+    """One metric's panel: a line per group (its seeds' mean, shaded ± std), or one black line when every group's
+    is the same (e.g. the lr of runs that share a schedule)."""
+    key, title, ylabel = panel
+    few = max(len(c.epochs) for c in curves) <= 30  # markers, so a run of one or a few epochs is still visible
+    epochs = sorted({e for c in curves for e in c.epochs})
+    series = [(i, group, colour, *band(group, key, x)) for i, (group, colour) in
+              enumerate(zip(groups, colours, strict=True))]
+    series = [s for s in series if any(math.isfinite(m) for m in s[4])]
+    same = len(series) > 1 and len(series) == len(groups) and all(
+        _same(s[3], series[0][3]) and _same(s[4], series[0][4]) for s in series[1:])
+    for i, group, colour, xs, means, stds in series[:1] if same else series:
+        ax.plot(xs, means, color="black" if same else colour, linestyle="-" if same else STYLES[i % len(STYLES)],
+                marker="o" if few else None, markersize=3, linewidth=1.6, label=None if same else group.label)
+        if len(group.curves) > 1 and not same:
+            ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
+                            [m + s for m, s in zip(means, stds, strict=True)], color=colour, alpha=0.2,
+                            linewidth=0)
+    ax.set_xlabel("epoch" if x == "epoch" else "training time (min, summed epoch times)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title + (f"\nthe same for all {len(groups)} lines" if same else ""))
+    if x == "epoch":
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if epochs[-1] - epochs[0] < 4:  # a few epochs: ticks at them, not at 0.98, 1.00, 1.02
+            ax.set_xticks(epochs)
+            ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+    if not series:
+        ax.text(0.5, 0.5, "no validation split (val_error is null)" if key == "val_error" else
+                f"no {key} in metrics.jsonl", ha="center", va="center", transform=ax.transAxes, color="dimgrey")
+        ax.set_yticks([])
+    elif key == "lr" and _spans_decades([v for c in curves for v in c.values["lr"]]):
+        ax.set_yscale("log")
+        ax.set_ylabel("learning rate (log scale)")
 
 
 def default_plot_path(paths: list[Path]) -> Path:

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BUDGET ?= smoke
 
-.PHONY: venv test lint demo reproduce-table bench clean
+.PHONY: venv test lint demo reproduce-table bench clean device-prep
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ demo: $(STAMP)
 reproduce-table: $(STAMP)
 	$(BIN)/nin table --run --budget $(BUDGET) $(if $(CIFAR10_JPEG),--cifar10-jpeg $(CIFAR10_JPEG)) \
 		$(if $(ROWS),--rows $(ROWS))
+
+# What a lent GPU needs carried (the device tool's carry [".device"]; then `bash scripts/device_check.sh` there):
+# wheels its image lacks (built: antlr4 4.9.3 is a source archive) and the CIFAR-10 JPEG tarball (unpacked there).
+device-prep: $(STAMP)
+	$(BIN)/pip wheel -q --no-deps -w .device/wheels hydra-core==1.3.8 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3
+	cp ../shared/data/cifar10-jpeg.tar.gz .device/
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from nin_cli.errors import ConfigError, Interrupted
+from nin_cli.files import atomic_write
+from nin_cli.runs import write_json
 from nin_cli.sweep import (
     PRUNED,
     JobRow,
@@ -165,7 +167,7 @@ def run_trial(study: Any, trial: Any, overrides: list[str], run_dir: Path) -> st
         raise Interrupted(f"stopped during trial {trial.number}; re-run the same command to resume it", 130) from None
     pump.join()
     if pruned_at is not None and code in (0, 143):
-        (run_dir / PRUNED).write_text(json.dumps({"epoch": pruned_at, "best_val_error": best}) + "\n")
+        write_json(run_dir / PRUNED, {"epoch": pruned_at, "best_val_error": best})
         study.tell(trial, state=TrialState.PRUNED)
         return "pruned"
     if code in (130, 143):
@@ -192,7 +194,7 @@ def write_results(study: Any, sweep_dir: Path) -> None:
     best = min(done, key=lambda t: t.value)
     text = yaml.safe_dump({"name": "optuna", "best_trial": best.number, "best_params": best.params,
                            "best_value": best.value}, sort_keys=False)
-    (sweep_dir / RESULTS).write_text(text)
+    atomic_write(sweep_dir / RESULTS, text)
     print(f"best trial {best.number}: best val error {best.value:.2f}% with "
           + " ".join(f"{k}={v}" for k, v in best.params.items()))
 

@@ -79,6 +79,21 @@ def test_device_resident_sums_equal_the_per_step_values():
     assert train["accuracy"] == loop.sums.correct.item() / 40
 
 
+def test_the_loop_is_frozen_and_changes_only_in_place():
+    """What a run carries is never reassigned: an epoch advances the same TrainState, EpochSums and counters."""
+    loop = loop_for([], steps=3)
+    state, sums, dead = loop.state, loop.sums, loop.dead_steps
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loop.state = state  # type: ignore[misc]
+    train_one_epoch(loop, lambda *a: None)
+    assert loop.state is state and loop.sums is sums and loop.dead_steps is dead
+    assert state.step == 3 and sums.seen == 24
+    sums.set(1.5, 7, 9)  # a mid-epoch resume's sums, in place
+    assert (sums.loss.item(), sums.correct.item(), sums.seen) == (1.5, 7, 9) and loop.sums is sums
+    sums.set()  # an epoch's end
+    assert (sums.loss.item(), sums.correct.item(), sums.seen) == (0.0, 0, 0)
+
+
 def test_no_host_sync_per_step_on_the_accelerator_branch(monkeypatch):
     """The GPU path (`check_every_step` False) reads the device once per log interval, whatever the step count."""
     monkeypatch.setattr(Loop, "check_every_step", property(lambda self: False))

@@ -86,7 +86,7 @@ def test_an_interrupted_trial_is_asked_again_with_its_values_and_directory(tmp_p
 def test_search_space_from_hydra_grammar():
     space, fixed = search.search_space(["optim.lr=tag(log,interval(0.001,0.1))", "model.micro_depth=range(1,4)",
                                         "trainer.epochs=3", "hydra.sweep.dir=/x", "+sweep=dropout",
-                                        "model.dropout=0,0.5", "trainer.batch_size=interval(16,64)"])
+                                        "model.dropout=0,0.5", "trainer.batch_size=int(interval(16,64))"])
     assert fixed == ["trainer.epochs=3"]
     assert space["optim.lr"].log and (space["optim.lr"].low, space["optim.lr"].high) == (0.001, 0.1)
     assert space["model.micro_depth"].choices == ("1", "2", "3")

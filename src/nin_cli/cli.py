@@ -127,8 +127,8 @@ def sweep(ctx: typer.Context,
 
     if pruner not in ("median", "none"):
         raise ConfigError(f"--pruner {pruner}: choose median or none")
-    # Epoch 1 is never pruned (n_warmup_steps=1), nor anything before two trials have finished.
-    chosen = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if pruner == "median"
+    # Nothing is pruned on its first epoch alone (steps are epochs: n_warmup_steps=2), nor before two trials finished.
+    chosen = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2) if pruner == "median"
               else optuna.pruners.NopPruner())
     run_search(list(ctx.args), trials, optuna.samplers.TPESampler(seed=seed), chosen, dry_run=dry_run)
 

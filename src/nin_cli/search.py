@@ -53,10 +53,9 @@ def search_space(lines: list[str]) -> tuple[dict[str, Any], list[str]]:
     space: dict[str, Any] = {}
     fixed: list[str] = []
     for override in OverridesParser.create().parse_overrides(lines):
-        key = override.get_key_element()
+        key = override.get_key_element().lstrip("+")  # nin train adds `++` to schema keys itself
         if not override.is_sweep_override():
-            name = key.lstrip("+")
-            if not (name.startswith("hydra.") or name == "sweep"):  # +sweep=NAME only carried the values
+            if not (key.startswith("hydra.") or key == "sweep"):  # +sweep=NAME only carried the values
                 fixed.append(override.input_line)
             continue
         value = override.value()
@@ -166,18 +165,19 @@ def run_trial(study: Any, trial: Any, overrides: list[str], run_dir: Path) -> st
         proc.wait()
         raise Interrupted(f"stopped during trial {trial.number}; re-run the same command to resume it", 130) from None
     pump.join()
-    if pruned_at is not None and code in (0, 143):
+    finished = code == 0 or (pruned_at is not None and (run_dir / "summary.json").exists())
+    if pruned_at is not None and not finished:  # 143, or killed (-15) while it was saving after its last step
         write_json(run_dir / PRUNED, {"epoch": pruned_at, "best_val_error": best})
         study.tell(trial, state=TrialState.PRUNED)
         return "pruned"
-    if code in (130, 143):
-        raise Interrupted(f"trial {trial.number} was stopped by a signal; re-run the same command to resume it",
-                          code)
-    if code == 0:
+    if finished:  # also a run that ended its last epoch as the pruner's SIGTERM arrived
         summary = json.loads((run_dir / "summary.json").read_text())
         value = summary.get("best_val_error")
         study.tell(trial, float("inf") if value is None else value)
         return "complete"
+    if code in (130, 143, -signal.SIGINT, -signal.SIGTERM):
+        raise Interrupted(f"trial {trial.number} was stopped by a signal; re-run the same command to resume it",
+                          code if code > 0 else 128 - code)
     reason = last[0] if last else f"nin train exited {code}"
     study.tell(trial, record_failure(run_dir, reason, code))  # +inf: the sampler steers away from it
     return "failed"

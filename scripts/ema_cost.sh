@@ -7,14 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PAIRS=${PAIRS:-2}
 OUT=$(mktemp -d)
-for preset in "${@:-paper_cifar10_aug fast_cifar10}"; do
-    for preset_one in $preset; do
-        for i in $(seq "$PAIRS"); do
-            .venv/bin/nin bench "experiment=$preset_one" --json --no-conventional > "$OUT/$preset_one-off-$i.json"
-            .venv/bin/nin bench "experiment=$preset_one" trainer.ema_decay=0.999 --json --no-conventional \
-                > "$OUT/$preset_one-on-$i.json"
-        done
-        .venv/bin/python - "$OUT" "$preset_one" <<'PY'
+PRESETS=("$@")
+[ ${#PRESETS[@]} -gt 0 ] || PRESETS=(paper_cifar10_aug fast_cifar10)
+for preset in "${PRESETS[@]}"; do
+    for i in $(seq "$PAIRS"); do
+        .venv/bin/nin bench "experiment=$preset" --json --no-conventional > "$OUT/$preset-off-$i.json"
+        .venv/bin/nin bench "experiment=$preset" trainer.ema_decay=0.999 --json --no-conventional \
+            > "$OUT/$preset-on-$i.json"
+    done
+    .venv/bin/python - "$OUT" "$preset" <<'PY'
 import json, statistics, sys
 from pathlib import Path
 out, preset = Path(sys.argv[1]), sys.argv[2]
@@ -26,5 +27,4 @@ print(json.dumps({"experiment": preset, "train_images_per_s": speed, "median": m
                   "ema_cost_per_step_percent": 100 * (median["off"] / median["on"] - 1),
                   "params": first["params"], "device_name": first["device_name"], "date": first["date"]}))
 PY
-    done
 done

@@ -422,21 +422,13 @@ def hydra_error(err: Exception) -> ConfigError:
         return ConfigError(f"bad override or config: Hydra could not look it up as a config file "
                            f"({err.strerror or type(err).__name__})")
     if isinstance(err, MissingConfigException) and "/" in (err.missing_cfg_file or ""):
-        group, option = err.missing_cfg_file.rsplit("/", 1)
-        options = group_options(group)
-        near = difflib.get_close_matches(option, options, n=1)
-        hint = f" (did you mean '{group}={near[0]}'?)" if near else ""
-        return ConfigError(f"{group}={option}: no such option{hint}; choose one of: {', '.join(options)}")
+        return _no_such_option(*err.missing_cfg_file.rsplit("/", 1))
     # The rest arrive as a bare ConfigCompositionException (hydra-core 1.3.8): no attribute holds the override's
     # key or what went wrong, so its message is the only source. tests/test_hostile_input.py pins each case.
     text = str(err)
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)  # a group option inside a defaults list
     if missing:
-        group, option = missing.groups()
-        options = group_options(group)
-        near = difflib.get_close_matches(option, options, n=1)
-        hint = f" (did you mean '{group}={near[0]}'?)" if near else ""
-        return ConfigError(f"{group}={option}: no such option{hint}; choose one of: {', '.join(options)}")
+        return _no_such_option(*missing.groups())
     override = re.search(r"Could not override '([^']+)'", text) or re.search(
         r"Key '([^']+)' is not in struct", text)
     if override:
@@ -456,6 +448,13 @@ def hydra_error(err: Exception) -> ConfigError:
     cause = err.__cause__ or err.__context__
     detail = one_line(str(cause)) if cause is not None and str(cause) else one_line(text)
     return ConfigError(f"bad override or config: {detail.split(' Config search path:')[0][:300]}")
+
+
+def _no_such_option(group: str, option: str) -> ConfigError:
+    options = group_options(group)
+    near = difflib.get_close_matches(option, options, n=1)
+    hint = f" (did you mean '{group}={near[0]}'?)" if near else ""
+    return ConfigError(f"{group}={option}: no such option{hint}; choose one of: {', '.join(options)}")
 
 
 def _unknown_path(key: str) -> UnknownKeyError:

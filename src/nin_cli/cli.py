@@ -256,6 +256,9 @@ def table(run_dirs: list[Path] | None = typer.Argument(None, metavar="RUN_DIRS",
                                                                    "budget."),
           rows: str | None = typer.Option(None, "--rows", metavar="KEY,...",
                                           help="With --run: only these presets, e.g. paper_cifar10,cnn_gap/gap."),
+          seeds: str | None = typer.Option(None, "--seeds", metavar="K,...",
+                                           help="With --run: only these seed slots (0, 1, ...), e.g. one process "
+                                                "per slot side by side."),
           cifar10_jpeg: Path | None = typer.Option(None, "--cifar10-jpeg", metavar="DIR",
                                                    help="With --run: CIFAR-10 rows train on this JPEG copy "
                                                         "(train/<class>/, test/<class>/), labelled as such."),
@@ -277,9 +280,10 @@ def table(run_dirs: list[Path] | None = typer.Argument(None, metavar="RUN_DIRS",
             raise ConfigError("--run trains into OUT/runs; give RUN_DIRS without --run")
         from nin_cli.reproduce import reproduce
 
-        run_dirs = reproduce(budget or "smoke", rows.split(",") if rows else None, cifar10_jpeg, out / "runs", console)
-    elif rows or cifar10_jpeg:
-        raise ConfigError("--rows and --cifar10-jpeg choose what --run trains: add --run")
+        run_dirs = reproduce(budget or "smoke", rows.split(",") if rows else None, cifar10_jpeg, out / "runs", console,
+                             seed_slots(seeds))
+    elif rows or cifar10_jpeg or seeds:
+        raise ConfigError("--rows, --seeds and --cifar10-jpeg choose what --run trains: add --run")
     lines = show_table(run_dirs or [p for p in [out / "runs"] if p.is_dir()], out, console, budget)  # none: paper only
     if as_json:
         from nin_cli.report import line_records
@@ -292,6 +296,15 @@ def table(run_dirs: list[Path] | None = typer.Argument(None, metavar="RUN_DIRS",
         failed = failed_checks(lines)
         if failed:
             raise CheckFailed(f"{len(failed)} row(s) not reproduced: " + "; ".join(failed))
+
+
+def seed_slots(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: give seed slots as K,... (e.g. 0,1)") from None
 
 
 @app.command()

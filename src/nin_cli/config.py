@@ -47,7 +47,8 @@ class DatasetConfig:
     num_classes: int | None = _range(None, lo=1)
     val_size: int = _range(10000, lo=0)  # images taken from the END of train as validation (paper §4.1)
     train_on: str = _choice("train", "train", "train+val")
-    preprocessing: str = _choice("mean_std", "none", "mean_std", "mean_image", "gcn_zca", "gcn_lcn")
+    preprocessing: str = _choice("mean_std", "none", "mean_std", "mean_image", "unit_mean_image", "gcn_zca",
+                                           "gcn_lcn")
     gcn_scale: float = _range(55.0, lo=0, lo_open=True)
     zca_bias: float = _range(0.1, lo=0, lo_open=True)  # > 0: GCN leaves the covariance singular
     translate: int = _range(0, lo=0, hi=16)  # pad-and-crop augmentation, pixels
@@ -323,7 +324,7 @@ def _check_consistency(cfg: NinConfig) -> None:
         raise ConfigError(f"dataset.image_shape={shape}: channels, height and width must each be >= 1")
     if shape is not None:
         _check_fits(cfg.model, shape)
-    if cfg.trainer.seed + cfg.trainer.collapse_restarts > SEED_MAX:
+    if cfg.trainer.seed + 1000 * cfg.trainer.collapse_restarts > SEED_MAX:  # train.restart_seed's stride
         raise ConfigError(f"trainer.seed={cfg.trainer.seed}: with trainer.collapse_restarts="
                           f"{cfg.trainer.collapse_restarts} the seeds run past {SEED_MAX} (NumPy's limit)")
     devices = cfg.trainer.devices

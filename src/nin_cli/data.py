@@ -95,11 +95,14 @@ def fit_preprocessing(train: Split, cfg: DatasetConfig, device: torch.device) ->
     if cfg.preprocessing == "mean_std":
         mean, std = channel_mean_std(train.images)
         return {"kind": "mean_std", "mean": mean.tolist(), "std": std.tolist()}
-    if cfg.preprocessing == "mean_image":
+    if cfg.preprocessing in ("mean_image", "unit_mean_image"):
         mean_image = torch.zeros(train.images.shape[1:], dtype=torch.float64)
         for start in range(0, len(train), 4096):  # float64 sums of uint8 chunks: exact, without a float copy
             mean_image += train.images[start:start + 4096].double().sum(0).cpu()
-        return {"kind": "mean_image", "mean_image": (mean_image / max(len(train), 1)).float()}
+        mean_image /= max(len(train), 1)
+        if cfg.preprocessing == "unit_mean_image":  # stored in the input's own units: [0, 1]
+            mean_image /= 255.0
+        return {"kind": cfg.preprocessing, "mean_image": mean_image.float()}
     if cfg.preprocessing == "gcn_lcn":
         return {"kind": "gcn_lcn", "gcn_scale": cfg.gcn_scale, "lcn_kernel": LCN_KERNEL, "lcn_sigma": LCN_SIGMA,
                 "lcn_threshold": LCN_THRESHOLD}
@@ -129,7 +132,7 @@ def cached_zca(images: torch.Tensor, cfg: DatasetConfig, device: torch.device) -
 
 def prepare_split(split: Split, constants: dict, device: torch.device, chunk: int = 4096) -> Split:
     """On `device`: uint8 as is (normalised per batch), or preprocessed in chunks into float16 (GCN+ZCA/LCN)."""
-    if constants["kind"] in ("none", "mean_std", "mean_image"):
+    if constants["kind"] in ("none", "mean_std", "mean_image", "unit_mean_image"):
         return split.to(device)
     out = torch.empty(split.images.shape, dtype=torch.float16, device=device)
     for start in range(0, len(split), chunk):

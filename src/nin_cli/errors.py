@@ -45,15 +45,17 @@ class DivergedError(NinError):
 
 
 class CollapsedError(DivergedError):
-    """Training collapsed to chance (every image gets the same output); `step` is where it began, `seed` the
-    trainer seed of the run that collapsed (for restarts with the next one)."""
+    """Training collapsed to chance; `step` is where it began, `seed` the trainer seed of the run that collapsed.
+    `absorbing`: every image gets the same output (the step guard; no gradient can bring it back, so a restart
+    with another seed is the only way on); False: the loss sat near ln C for whole epochs (the epoch guard, a stall:
+    slow but maybe alive, never restarted)."""
 
-    def __init__(self, message: str, step: int, seed: int):
+    def __init__(self, message: str, step: int, seed: int, absorbing: bool = True):
         super().__init__(message)
-        self.step, self.seed = step, seed
+        self.step, self.seed, self.absorbing = step, seed, absorbing
 
     def __reduce__(self):  # crosses process boundaries (sweep launchers)
-        return type(self), (str(self), self.step, self.seed)
+        return type(self), (str(self), self.step, self.seed, self.absorbing)
 
 
 class CheckFailed(NinError):

@@ -115,6 +115,8 @@ def apply_preprocessing(images: torch.Tensor, constants: dict) -> torch.Tensor:
         return x
     if kind == "mean_image":  # the authors' providers (cuda-convnet convdata.py): raw pixels − the mean image, unscaled
         return x.sub_(constants["mean_image"].to(x.device, non_blocking=True))
+    if kind == "unit_mean_image":  # pylearn2's MNIST ([0, 1] floats) − the stored mean image: the authors' MNIST input
+        return x.div_(255.0).sub_(constants["mean_image"].to(x.device, non_blocking=True))
     x = gcn(x, constants["gcn_scale"])
     if kind == "gcn_zca":
         return apply_zca(x, constants["zca_mean"].to(x.device), constants["zca_matrix"].to(x.device))

@@ -8,7 +8,8 @@ final phase only: every run adds `dataset.train_on=train+val` and the table repo
 
 Budgets. full: the presets as they are (paper epochs), 3 seeds — GPU-days. short: the authors' 200/230/260 shape
 shrunk to 60 CIFAR epochs (12 SVHN, 30 MNIST), 2 seeds — a few GPU-hours. cpu: the same shape sized for about an
-hour per row on a 2-core CPU (28 MNIST epochs, 12 CIFAR, 1 SVHN), 1 seed — the MNIST row is comparable there.
+hour per row and seed on a 2-core CPU (28 MNIST epochs, 12 CIFAR, 1 SVHN), 2 seeds (`--seeds 1` runs one slot:
+two processes side by side) — the MNIST row is comparable there.
 smoke: one epoch of two 16-image steps on tiny data with mean/std input, 1 seed — minutes on a CPU, for CI; never
 comparable with the paper.
 
@@ -45,8 +46,8 @@ class Budget:
 BUDGETS = {
     "full": Budget(3, "the presets as they are (paper epochs), 3 seeds"),
     "short": Budget(2, "60 CIFAR / 12 SVHN / 30 MNIST epochs, lr ÷10 at 77 % and 88 %, 2 seeds"),
-    "cpu": Budget(1, "about one hour per row on a 2-core CPU: 12 CIFAR / 1 SVHN / 28 MNIST epochs, lr ÷10 at 77 % "
-                  "and 88 %, 1 seed"),
+    "cpu": Budget(2, "about one hour per row and seed on a 2-core CPU: 12 CIFAR / 1 SVHN / 28 MNIST epochs, lr ÷10 "
+                  "at 77 % and 88 %, 2 seeds"),
     "smoke": Budget(1, "1 epoch of 2 steps of 16 images, mean/std input, 1 seed; not comparable"),
 }
 SHORT_SCHEDULES = {"cifar10": (60, [46, 53]), "cifar100": (60, [46, 53]), "svhn": (12, [9, 11]),
@@ -85,10 +86,8 @@ class PlannedRun:
 def budget_overrides(row: Row, budget: str) -> list[str]:
     if budget in ("short", "cpu"):
         epochs, milestones = (SHORT_SCHEDULES if budget == "short" else CPU_SCHEDULES)[row.data]
-        # cpu: an hour has no room for a start stalled at chance; 2 such epochs restart with the next seed
-        stall = ["trainer.collapse_epochs=2"] if budget == "cpu" else []
         return ["schedule=milestones", f"schedule.milestones=[{','.join(map(str, milestones))}]",
-                f"trainer.epochs={epochs}", *stall]
+                f"trainer.epochs={epochs}"]
     return list(SMOKE) if budget == "smoke" else []
 
 
@@ -130,11 +129,15 @@ def data_plan(row: Row, budget: str, cifar10_jpeg: Path | None, runs_root: Path)
     return DataPlan([], f"{DATA_NAMES[row.data]} (official files)", "official", True)
 
 
-def plan(budget: str, keys: list[str] | None, cifar10_jpeg: Path | None, runs_root: Path) -> list[PlannedRun]:
-    """Every (row, seed) run of this budget; rows that share another row's recipe and recipe-only rows are left
-    out (the table reads the shared row's runs)."""
+def plan(budget: str, keys: list[str] | None, cifar10_jpeg: Path | None, runs_root: Path,
+         seeds: list[int] | None = None) -> list[PlannedRun]:
+    """Every (row, seed) run of this budget (or only the seed slots `seeds`: one process per slot, side by side);
+    rows that share another row's recipe and recipe-only rows are left out (the table reads the shared row's runs)."""
     if budget not in BUDGETS:
         raise ConfigError(f"--budget {budget}: must be one of {', '.join(BUDGETS)}")
+    slots = range(BUDGETS[budget].seeds)
+    if any(seed not in slots for seed in seeds or []):
+        raise ConfigError(f"--seeds: the {budget} budget has seed slots {', '.join(map(str, slots))}")
     unknown = [k for k in keys or [] if k not in ROW_BY_KEY]
     if unknown:
         raise ConfigError(f"--rows: no row {', '.join(unknown)}; rows are {', '.join(ROW_BY_KEY)}")
@@ -144,7 +147,7 @@ def plan(budget: str, keys: list[str] | None, cifar10_jpeg: Path | None, runs_ro
         if row.shares or row.recipe_only or (wanted is not None and row.key not in wanted):
             continue
         data = data_plan(row, budget, cifar10_jpeg, runs_root)
-        for seed in range(BUDGETS[budget].seeds):
+        for seed in seeds if seeds is not None else slots:
             run_dir = runs_root / budget / data.tag / row.key / f"seed{seed}"
             overrides = [f"experiment={row.key}", *data.overrides, "dataset.train_on=train+val",
                          *budget_overrides(row, budget), f"trainer.seed={seed}", "trainer.collapse_restarts=2",
@@ -197,10 +200,10 @@ def run_one(run: PlannedRun) -> tuple[str, str]:
     return status, message
 
 
-def reproduce(budget: str, keys: list[str] | None, cifar10_jpeg: Path | None, runs_root: Path, console
-              ) -> list[Path]:
+def reproduce(budget: str, keys: list[str] | None, cifar10_jpeg: Path | None, runs_root: Path, console,
+              seeds: list[int] | None = None) -> list[Path]:
     """Run every planned run that is not finished yet; returns the run directories of this budget for the table."""
-    runs = plan(budget, keys, cifar10_jpeg, runs_root)
+    runs = plan(budget, keys, cifar10_jpeg, runs_root, seeds)
     console.print(f"reproduce-table, budget {budget} ({BUDGETS[budget].about}): {len(runs)} runs under "
                   f"{runs_root / budget}", highlight=False, markup=False)
     for i, run in enumerate(runs, 1):

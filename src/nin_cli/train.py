@@ -352,7 +352,7 @@ def collapse_error(state: TrainState, train: dict, num_classes: int, seed: int) 
         f"training collapsed to chance: loss {train['loss']:.4f} ≈ ln {num_classes} = {chance_loss:.4f} for "
         f"{state.chance_epochs} epochs (dead class maps behind the final ReLU); try model.final_relu=false, "
         "schedule.warmup_epochs=1 or model.batch_norm=true; the last checkpoint is kept",
-        state.step, seed)
+        state.step, seed, absorbing=False)
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -490,22 +490,24 @@ def train_run(cfg: NinConfig, run_dir: Path) -> dict:
     restarts = read_restarts(restarts_file)
     first = None
     while True:
-        attempt = replace(cfg, trainer=replace(cfg.trainer, seed=cfg.trainer.seed + len(restarts)))
+        attempt = replace(cfg, trainer=replace(cfg.trainer, seed=restart_seed(cfg.trainer.seed, len(restarts))))
         first = first or attempt
         write_run_files(attempt, run_dir, str(resolve_device(cfg.trainer.device)), start=attempt is first)
         try:
             summary = fit(attempt, run_dir)
         except CollapsedError as err:
-            if len(restarts) >= cfg.trainer.collapse_restarts:
+            if not err.absorbing or len(restarts) >= cfg.trainer.collapse_restarts:
                 if not restarts:
                     raise
                 seeds = ", ".join(str(r["seed"]) for r in restarts)
-                raise CollapsedError(f"{err} [seed {err.seed} was the last restart; seeds {seeds} collapsed too, "
-                                     f"see {restarts_file}]", err.step, err.seed) from None
-            restarts.append({"seed": err.seed, "collapsed_at_step": err.step})
+                raise CollapsedError(f"{err} [seed {err.seed} was the last attempt; seeds {seeds} collapsed before, "
+                                     f"see {restarts_file}]", err.step, err.seed, err.absorbing) from None
+            restarts.append({"seed": err.seed, "collapsed_at_step": err.step, "reason": one_line(err, 300),
+                             "kept_in": f"attempts/seed{err.seed}"})
             log.warning("seed %d collapsed at step %d; restarting with seed %d (restart %d of at most %d)", err.seed,
-                        err.step, err.seed + 1, len(restarts), cfg.trainer.collapse_restarts)
-            clear_attempt(RunPaths(run_dir))
+                        err.step, restart_seed(cfg.trainer.seed, len(restarts)), len(restarts),
+                        cfg.trainer.collapse_restarts)
+            archive_attempt(RunPaths(run_dir), run_dir / "attempts" / f"seed{err.seed}")
             write_json(restarts_file, restarts)
             record_provenance(run_dir, {"collapse_restarts": restarts})
             continue
@@ -530,13 +532,24 @@ def read_restarts(path: Path) -> list[dict]:
     return restarts
 
 
-def clear_attempt(paths: RunPaths) -> None:
-    """What a collapsed attempt left (checkpoints, metrics, TensorBoard events): the next seed starts afresh."""
+RESTART_SEED_STRIDE = 1000  # restart k of seed s trains seed s + 1000·k: never another seed slot's seed (0, 1, 2)
+
+
+def restart_seed(seed: int, restart: int) -> int:
+    return seed + RESTART_SEED_STRIDE * restart
+
+
+def archive_attempt(paths: RunPaths, keep: Path) -> None:
+    """A collapsed attempt's metrics and TensorBoard events move to `keep` (evidence, read by nobody else); its
+    checkpoints go. The next seed starts afresh in the run directory."""
     import shutil
 
-    for folder in (paths.checkpoints, paths.tb):
-        shutil.rmtree(folder, ignore_errors=True)
-    paths.metrics.unlink(missing_ok=True)
+    shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    shutil.rmtree(keep, ignore_errors=True)
+    keep.mkdir(parents=True)
+    for source in (paths.tb, paths.metrics):
+        if source.exists() and not source.is_symlink():
+            source.rename(keep / source.name)
 
 
 def finish(loop: Loop, wall_time: float) -> dict:

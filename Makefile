@@ -39,10 +39,17 @@ reproduce-table: $(STAMP)
 		$(if $(ROWS),--rows $(ROWS))
 
 # What a lent GPU needs carried (the device tool's carry [".device"]; then `bash scripts/device_check.sh` there):
-# wheels its image lacks (built: antlr4 4.9.3 is a source archive) and the CIFAR-10 JPEG tarball (unpacked there).
+# the wheels its image lacks (the list: scripts/device_check.py CARRIED, checked against the image's packages by
+# tests/test_device_check.py; built, since antlr4 4.9.3 is a source archive) and the CIFAR-10 JPEG tarball.
 device-prep: $(STAMP)
-	$(BIN)/pip wheel -q --no-deps -w .device/wheels hydra-core==1.3.8 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3
+	rm -rf .device/wheels
+	$(BIN)/pip wheel -q --no-deps -w .device/wheels $$($(BIN)/python scripts/device_check.py --carried)
 	cp ../shared/data/cifar10-jpeg.tar.gz .device/
+
+# BENCHMARKS.md's "Machine", "Training throughput" and "Time to accuracy" figures on this host (quiet machine;
+# SKIP_TTA=1 leaves out the two 60-minute runs; OUT= and FIG_DIR= as in scripts/benchmarks.sh).
+bench: $(STAMP)
+	bash scripts/benchmarks.sh
 
 clean:
 	rm -rf outputs .pytest_cache

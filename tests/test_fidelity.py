@@ -134,65 +134,88 @@ def test_mean_image_is_the_authors_provider():
     torch.testing.assert_close(x, images[:4].float() - constants["mean_image"])  # raw pixels − mean, unscaled
 
 
-def test_the_paper_mnist_preset_uses_the_authors_input_and_its_documented_remedy():
+def test_unit_mean_image_is_pylearn2_s_unit_scale_minus_the_mean_image():
+    from nin_cli.data import Split, fit_preprocessing, prepare_split, to_input
+
+    images = torch.randint(0, 256, (50, 1, 6, 6), dtype=torch.uint8)
+    split = Split(images, torch.zeros(50, dtype=torch.long))
+    cfg = load_config(["dataset=mnist", "dataset.preprocessing=unit_mean_image"]).dataset
+    constants = fit_preprocessing(split, cfg, torch.device("cpu"))
+    assert constants["kind"] == "unit_mean_image"
+    torch.testing.assert_close(constants["mean_image"], (images.double().mean(0) / 255).float())  # stored ÷255
+    assert prepare_split(split, constants, torch.device("cpu")).images.dtype == torch.uint8
+    x = to_input(images[:4], constants)
+    torch.testing.assert_close(x, images[:4].float() / 255 - constants["mean_image"])  # [0, 1] − mean
+    assert x.abs().max() <= 1.0 and x.mean().abs() < 0.1
+
+
+def test_the_paper_mnist_preset_uses_the_authors_input_and_no_warm_up():
     cfg = load_config(["experiment=paper_mnist"])
-    assert cfg.dataset.preprocessing == "mean_image"
-    assert cfg.schedule.warmup_epochs == 2  # the deviation, written in the preset and the README
-    assert config.TrainerConfig().collapse_steps > 0  # the guard is on by default
+    assert cfg.dataset.preprocessing == "unit_mean_image"  # [0, 1] − the mean image, as pylearn2 fed the authors
+    assert cfg.schedule.warmup_epochs == 0  # the authors' recipe from the first step
+    assert config.TrainerConfig().collapse_steps > 0  # the absorbing-state guard is on by default
 
 
 # ----------------------------------------------------------------------------------- the table runner
 
 
-def test_the_cpu_budget_plans_one_seed_of_mnist_with_restarts(tmp_path):
+def test_the_cpu_budget_plans_two_seeds_of_mnist_with_restarts(tmp_path):
     from nin_cli.reproduce import plan
 
-    (run,) = plan("cpu", ["paper_mnist"], None, tmp_path)
-    assert run.seed == 0 and "trainer.epochs=28" in run.overrides
-    assert "schedule.milestones=[22,25]" in run.overrides and "trainer.collapse_restarts=2" in run.overrides
-    load_config([o for o in run.overrides if not o.startswith("hydra.")])  # a valid config
+    runs = plan("cpu", ["paper_mnist"], None, tmp_path)
+    assert [r.seed for r in runs] == [0, 1] and [r.run_dir.name for r in runs] == ["seed0", "seed1"]
+    for run in runs:
+        assert "trainer.epochs=28" in run.overrides and f"trainer.seed={run.seed}" in run.overrides
+        assert "schedule.milestones=[22,25]" in run.overrides and "trainer.collapse_restarts=2" in run.overrides
+        assert run.meta["comparable"] and run.meta["data_tag"] == "official"  # MNIST at cpu: the documented one
+        load_config([o for o in run.overrides if not o.startswith("hydra.")])  # a valid config
+    (one,) = plan("cpu", ["paper_mnist"], None, tmp_path, seeds=[1])  # `nin table --run --seeds 1`
+    assert one.seed == 1 and one.run_dir == runs[1].run_dir
 
 
-def fake_run(root: Path, row: str, seed: int, error: float, comparable: bool = True, restarts: int = 0) -> None:
-    run = root / row / f"seed{seed}"
-    run.mkdir(parents=True)
-    (run / "reproduce.json").write_text(json.dumps({
-        "row": row, "budget": "cpu", "data": "MNIST (official files)", "comparable": comparable, "seed": seed,
-        "why_not": "" if comparable else "smoke budget"}))
-    (run / "summary.json").write_text(json.dumps({
-        "experiment": row, "test_error": error, "epochs": 28, "wall_time_s": 3600.0, "device": "cpu", "seed": seed,
-        "collapse_restarts": [{"seed": 9, "collapsed_at_step": 5}] * restarts}))
+def planned_and_run(tmp_path: Path, monkeypatch, budget: str, row: str, error: float,
+                    jpeg: Path | None = None) -> Path:
+    """One run of the real planner, written by the real `run_one` (reproduce.json), with training replaced by a
+    summary.json holding `error`: the run directory exactly as `nin table --run` leaves it."""
+    from nin_cli import reproduce
+    from nin_cli.runs import write_json
+
+    run = reproduce.plan(budget, [row], jpeg, tmp_path / "runs")[0]
+
+    def train(overrides):
+        summary = {"experiment": row, "test_error": error, "epochs": 12, "wall_time_s": 60.0, "device": "cpu",
+                   "seed": run.seed}
+        write_json(run.run_dir / "summary.json", summary)
+        return summary
+
+    monkeypatch.setattr(reproduce, "_train", train)
+    assert reproduce.run_one(run)[0] == "done"
+    return run.run_dir
 
 
-def test_table_check_fails_on_a_comparable_row_not_reproduced(nin, tmp_path):
-    fake_run(tmp_path / "runs", "paper_mnist", 0, 0.95)
-    result = nin("table", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--check")
-    assert result.code == 6, result.err
-    assert len(result.err_lines) == 1 and "paper_mnist" in result.err and "not reproduced" in result.err
-    assert (tmp_path / "out" / "table.md").exists()  # the table is still written
-
-
-def test_table_check_passes_reproduced_rows_and_labels_budget_limited_ones(nin, tmp_path):
-    fake_run(tmp_path / "runs", "paper_mnist", 0, 0.50, restarts=1)
-    fake_run(tmp_path / "runs", "paper_cifar10", 0, 60.0, comparable=False)
+def test_table_check_ignores_a_12_epoch_jpeg_cifar10_run_at_the_cpu_budget(nin, tmp_path, monkeypatch):
+    """The planner's own record of a lossy, shortened run: labelled not comparable, so a bad error fails nothing."""
+    run = planned_and_run(tmp_path, monkeypatch, "cpu", "paper_cifar10", 60.0, jpeg=tmp_path / "jpeg")
+    meta = json.loads((run / "reproduce.json").read_text())
+    assert "trainer.epochs=12" in meta["overrides"] and meta["data_tag"] == "cifar10-jpeg"
+    assert meta["comparable"] is False and "lossy" in meta["why_not"] and "cpu budget" in meta["why_not"]
     result = nin("table", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--check")
     assert result.code == 0, result.err
     table = (tmp_path / "out" / "table.md").read_text()
-    assert "1 of 1 seeds collapsed and was restarted" in table
-    assert "not comparable" in table
+    assert "| 60.00 | +49.59 | 1 | 12 |" in table and "not comparable (the lossy CIFAR-10 JPEG copy" in table
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors"])
-def test_classic_dropout_exports_with_its_test_time_scale(nin, tmp_path, fmt):
-    """The eval graph carries the (1 − p) factor: each runtime agrees with the eager classic model, whose outputs
-    differ from the same weights under inverted dropout (so the factor is really in the graph)."""
-    run = tmp_path / "run"
-    assert nin("train", *FAST, "model.dropout_style=classic", f"hydra.run.dir={run}").code == 0
-    result = nin("export", str(run / "checkpoints" / "last.pt"), "--format", fmt)
+def test_table_check_fails_a_comparable_mnist_row_on_the_official_files(nin, tmp_path, monkeypatch):
+    planned_and_run(tmp_path, monkeypatch, "cpu", "paper_mnist", 0.95)
+    result = nin("table", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--check")
+    assert result.code == 6, result.err
+    assert len(result.err_lines) == 1 and "paper_mnist (cpu, MNIST (official files))" in result.err
+    assert "not reproduced: worse by 0.48" in result.err
+    assert (tmp_path / "out" / "table.md").exists()  # the table is still written
+
+
+@pytest.mark.parametrize("budget", ["short", "smoke"])
+def test_table_check_ignores_mnist_at_budgets_whose_schedule_is_not_documented(nin, tmp_path, monkeypatch, budget):
+    planned_and_run(tmp_path, monkeypatch, budget, "paper_mnist", 0.95)
+    result = nin("table", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--check")
     assert result.code == 0, result.err
-    from nin_cli.checkpoint import load_trained
-
-    classic = load_trained(run / "checkpoints" / "last.pt", device="cpu")
-    inverted = load_trained(run / "checkpoints" / "last.pt", ["model.dropout_style=inverted"], device="cpu")
-    x = torch.randn(2, 3, 16, 16)
-    assert (classic.model(x) - inverted.model(x)).abs().max() > 1e-3

@@ -49,8 +49,8 @@ def test_a_trial_behind_is_pruned_and_marked(tmp_path):
     from nin_cli.sweep import write_summary
 
     sweep = tmp_path / "sweep"
-    study = search.open_study(sweep, optuna.samplers.RandomSampler(seed=0),
-                              optuna.pruners.ThresholdPruner(upper=-1.0))  # any error is above -1 %
+    sweep.mkdir()
+    study = search.open_study(sweep, 0, optuna.pruners.ThresholdPruner(upper=-1.0))  # any error is above -1 %
     trial = study.ask({"model.dropout": optuna.distributions.FloatDistribution(0, 0.5)})
     overrides = search.trial_overrides([o for o in TINY if not o.startswith("trainer.epochs")] +
                                        ["trainer.epochs=1000"], trial.params)
@@ -66,21 +66,50 @@ def test_a_trial_behind_is_pruned_and_marked(tmp_path):
 
 
 def test_an_interrupted_trial_is_asked_again_with_its_values_and_directory(tmp_path):
-    study = search.open_study(tmp_path, optuna.samplers.RandomSampler(seed=0), optuna.pruners.NopPruner())
+    study = search.open_study(tmp_path, 0, optuna.pruners.NopPruner())
     space = {"model.dropout": optuna.distributions.FloatDistribution(0, 0.5)}
     done = study.ask(space)
-    done.set_user_attr("run_dir", "0")
     study.tell(done, 12.5)
     stopped = study.ask(space)  # left running, as by Ctrl-C or a crash
-    stopped.set_user_attr("run_dir", "1")
+    stopped.set_user_attr("run_dir", "/etc")  # a hostile journal's attribute: never a directory
     assert search.finished_trials(study) == 1
 
-    reopened = search.open_study(tmp_path, optuna.samplers.RandomSampler(seed=0), optuna.pruners.NopPruner())
+    reopened = search.open_study(tmp_path, 0, optuna.pruners.NopPruner())
     search.continue_interrupted(reopened)
     again = reopened.ask(space)
-    assert again.params == stopped.params and again.user_attrs["run_dir"] == "1"
+    assert again.params == stopped.params and search.origin_number(again) == 1  # trains in <sweep>/1 again
     reopened.tell(again, 10.0)
     assert search.finished_trials(reopened) == 2  # the failed original is not counted
+
+
+def test_a_continued_study_explores_new_values(tmp_path):
+    space = {"model.dropout": optuna.distributions.FloatDistribution(0, 0.5)}
+    first = search.open_study(tmp_path, 0, optuna.pruners.NopPruner())
+    values = []
+    for _ in range(2):
+        trial = first.ask(space)
+        values.append(trial.params["model.dropout"])
+        first.tell(trial, 1.0)
+    again = search.open_study(tmp_path, 0, optuna.pruners.NopPruner())  # the same command run again
+    trial = again.ask(space)
+    assert trial.params["model.dropout"] not in values  # re-seeded from (seed, trials so far), not from seed alone
+
+
+def test_a_cut_journal_line_is_repaired_and_a_tampered_journal_exits_3(tmp_path):
+    study = search.open_study(tmp_path, 0, optuna.pruners.NopPruner())
+    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 1.0)
+    journal = tmp_path / search.STUDY
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code": 4, "worker_id"')  # a driver killed mid-append
+    reopened = search.open_study(tmp_path, 0, optuna.pruners.NopPruner())
+    repaired = journal.read_bytes()
+    assert repaired.startswith(whole) and all(json.loads(line) for line in repaired.splitlines())  # the cut line went
+    assert len(reopened.get_trials()) == 1
+    reopened.tell(reopened.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 2.0)
+    assert len(search.open_study(tmp_path, 0, optuna.pruners.NopPruner()).get_trials()) == 2  # still readable
+    journal.write_bytes(b'{"op_code": 99}\n[1, 2]\n')
+    with pytest.raises(search.DataError, match="study.journal: not a study Optuna can read"):
+        search.open_study(tmp_path, 0, optuna.pruners.NopPruner())
 
 
 def test_search_space_from_hydra_grammar():

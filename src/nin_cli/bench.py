@@ -469,10 +469,11 @@ def summarize(rows: list[dict], flops: tuple[int, int], peak_bf16: float | None,
 
 def run_bench(cfg: NinConfig, opts: BenchOptions) -> dict:
     """Everything `nin bench --json` prints."""
-    from nin_cli.runtime import resolve_device, set_tf32
+    from nin_cli.runtime import resolve_device, set_tf32, with_precision
 
+    device = resolve_device(cfg.trainer.device)
+    cfg, precision_why = with_precision(cfg, device)  # trainer.precision=auto: what a training here would use
     tr = cfg.trainer
-    device = resolve_device(tr.device)
     set_tf32(tr.tf32)
     if tr.num_threads:
         torch.set_num_threads(tr.num_threads)
@@ -493,7 +494,8 @@ def run_bench(cfg: NinConfig, opts: BenchOptions) -> dict:
     return summarize(rows, flops, peak_bf16, cfg) | {
         "model": cfg.model.name, "experiment": cfg.experiment, "image_shape": shape, "num_classes": classes,
         "params": sum(q.numel() for q in p.nin.model.parameters()), "batch_size": tr.batch_size,
-        "eval_batch_size": tr.eval_batch_size, "precision": tr.precision, "channels_last": tr.channels_last,
+        "eval_batch_size": tr.eval_batch_size, "precision": tr.precision, "precision_why": precision_why,
+        "channels_last": tr.channels_last,
         "compile": tr.compile, "device": str(device), "device_name": device_name(device),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "malloc_tuned": malloc_tuned,
         "workers": opts.workers, "steps": opts.steps, "eval_batches": opts.eval_batches, "clock": opts.clock,
@@ -506,9 +508,10 @@ def profile_nin_step(cfg: NinConfig, opts: BenchOptions, rows: int = 20) -> str:
     """torch.profiler's table of the ops of one `train_one_epoch` (after a warm-up one), by self time."""
     from torch.profiler import ProfilerActivity, profile
 
-    from nin_cli.runtime import resolve_device
+    from nin_cli.runtime import resolve_device, with_precision
 
     device = resolve_device(cfg.trainer.device)
+    cfg, _ = with_precision(cfg, device)
     if opts.tune_malloc and device.type == "cpu":
         tune_malloc()
     p = build_pipelines(bench_config(cfg, opts.steps), replace(opts, conventional=False), device)
@@ -541,6 +544,7 @@ def print_report(result: dict) -> None:
                       num(r[f"{key}train_gflops"], ",.1f"), num(r[f"{key}peak_share"], ".1%"))
     console = Console()
     console.print(table)
+    console.print(f"precision {r['precision']}: {r['precision_why']}", highlight=False, markup=False)
     console.print(f"matmul peak: fp32 {r['peak_fp32_gflops']:,.1f} GFLOP/s (oneDNN 3×3 conv: "
                   f"{r['peak_fp32_conv_gflops']:,.1f}; share of the faster: {r['peak_share_strict']:.1%}), bf16 "
                   f"{num(r['peak_bf16_gflops'], ',.1f')}{'' if r['peak_bf16_gflops'] else ' (no native bf16)'}; "

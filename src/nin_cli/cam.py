@@ -17,7 +17,7 @@ from PIL import Image
 
 from nin_cli.data import to_input
 from nin_cli.errors import ConfigError, DataError
-from nin_cli.files import one_line
+from nin_cli.files import atomic_write, one_line, prepare_output_dir
 from nin_cli.maps import cam_grid, class_maps_and_probs
 
 # ------------------------------------------------------------------------------------------------- nin cam
@@ -67,10 +67,9 @@ def cam_command(path: Path, images: list[Path], top: int, out: Path | None, test
         raw, names = raw + list(extra), names + titles
     batch = torch.stack(raw)
     maps, probs = class_maps_and_probs(trained.model, to_input(batch, trained.preprocessing))
-    out = out or Path(path).parent / f"{Path(path).stem}_cam"
-    out.mkdir(parents=True, exist_ok=True)
-    cam_grid(batch.float().div(255).numpy(), maps, probs, trained.classes, top, [Path(n).name for n in names]
-             ).save(out / "cam.png")
+    out = prepare_output_dir(out or Path(path).parent / f"{Path(path).stem}_cam", Path(path).parent, "cam folder")
+    grid = cam_grid(batch.float().div(255).numpy(), maps, probs, trained.classes, top, [Path(n).name for n in names])
+    atomic_write(out / "cam.png", lambda f: grid.save(f, format="PNG"))
     report = []
     for name, image_maps, image_probs in zip(names, maps, probs, strict=True):
         chosen = image_probs.topk(top).indices.tolist()
@@ -78,8 +77,8 @@ def cam_command(path: Path, images: list[Path], top: int, out: Path | None, test
             {"class": trained.classes[c], "probability": image_probs[c].item(), "map": image_maps[c].tolist()}
             for c in chosen]})
         print(f"{name}: " + ", ".join(f"{trained.classes[c]} {image_probs[c].item():.3f}" for c in chosen))
-    (out / "cam.json").write_text(json.dumps({"checkpoint": str(path), "map_shape": list(maps.shape[2:]),
-                                              "images": report}, indent=1) + "\n")
+    atomic_write(out / "cam.json", json.dumps({"checkpoint": str(path), "map_shape": list(maps.shape[2:]),
+                                               "images": report}, indent=1) + "\n")
     print(f"wrote {out / 'cam.png'} ({top} maps per image) and {out / 'cam.json'}")
 
 

@@ -130,7 +130,7 @@ def sweep(ctx: typer.Context,
     # Nothing is pruned on its first epoch alone (steps are epochs: n_warmup_steps=2), nor before two trials finished.
     chosen = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2) if pruner == "median"
               else optuna.pruners.NopPruner())
-    run_search(list(ctx.args), trials, optuna.samplers.TPESampler(seed=seed), chosen, dry_run=dry_run)
+    run_search(list(ctx.args), trials, seed, chosen, dry_run=dry_run)
 
 
 @app.command(cls=OverridesCommand, context_settings=OVERRIDES, epilog=EPILOG)
@@ -244,6 +244,27 @@ def cam(checkpoint: Path = typer.Argument(..., metavar="CKPT", readable=False,
     from nin_cli.cam import cam_command
 
     cam_command(checkpoint, images or [], top, out, test)
+
+
+@app.command()
+def predict(checkpoint: Path = typer.Argument(..., metavar="CKPT", readable=False, help="A nin checkpoint."),
+            paths: list[Path] = typer.Argument(..., metavar="PATH",
+                                               help="Image files, and folders searched recursively for images."),
+            top: int = typer.Option(5, "--top", min=1, metavar="K", help="The K most probable classes per image."),
+            tta: bool = typer.Option(False, "--tta", help="Average the softmax over each image and its mirror."),
+            batch_size: int | None = typer.Option(None, "--batch-size", min=1, metavar="N",
+                                                  help="Images per forward pass (default trainer.eval_batch_size)."),
+            out: Path | None = typer.Option(None, "--out", metavar="FILE",
+                                            help="Also write the rows to FILE: CSV, or JSON for a .json name."),
+            as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+            device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | mps (default: the "
+                                                                     "checkpoint's trainer.device)."),
+            weights: str = typer.Option("auto", "--weights", help=WEIGHTS_HELP)) -> None:
+    """Top-K classes of new images, decoded and preprocessed as the checkpoint's training saw them; unreadable
+    files are listed and skipped."""
+    from nin_cli.predict import predict_command
+
+    predict_command(checkpoint, paths, top, tta, batch_size, out, as_json, device, weights)
 
 
 @app.command()

@@ -125,6 +125,14 @@ class ScheduleConfig:
     # milestones / paper_plateau: whether a drop also divides the biases' lr. The authors lower only epsW (README
     # of mavenlin/cuda-convnet, NIN/: "changing all the epsW to one tenth"), so the paper presets set false.
     drop_bias_lr: bool = True
+    # cosine / onecycle: progress is the share of trainer.max_time spent (the checkpoint's elapsed time), not of
+    # trainer.epochs, so the lr reaches its floor at the deadline on any host; trainer.epochs stays a cap
+    by_time: bool = False
+
+    def __post_init__(self) -> None:
+        if self.by_time and self.name not in ("cosine", "onecycle"):
+            raise ConfigError(f"schedule.by_time=true: schedule={self.name} has no time form; use schedule=cosine "
+                              "or schedule=onecycle")
 
 
 @dataclass
@@ -134,7 +142,9 @@ class TrainerConfig:
     eval_batch_size: int = _range(500, lo=1)
     max_steps_per_epoch: int | None = _range(None, lo=1)  # cap for smoke runs
     device: str = _choice("auto", "auto", "cpu", "cuda", "mps")
-    precision: str = _choice("fp32", "fp32", "bf16", "fp16")
+    # auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), fp32 elsewhere and for the paper
+    # presets (runtime.resolve_precision; nin bench / nin info say what it chose and why)
+    precision: str = _choice("fp32", "fp32", "bf16", "fp16", "auto")
     channels_last: bool = True
     tf32: bool = False  # CUDA: TF32 tensor cores for fp32 matmuls and convolutions (10-bit mantissa products)
     compile: bool = False
@@ -163,6 +173,12 @@ class TrainerConfig:
     # every N-th; 0: none
     keep_last: int = _range(0, lo=0)
     keep_every: int = _range(0, lo=0)
+    # Fine-tuning (finetune.py; README "Your own data"): start from another checkpoint's weights, loaded safely,
+    # weights only (this run's config is the command line's); layers whose shape differs (the class maps, for
+    # another class count) and those in init_reset keep this run's init. A resume never re-applies it.
+    init_from: str | None = None
+    init_reset: list[str] = field(default_factory=list)  # blocks (block3) or layers (conv1, cccp4, fc1)
+    freeze: list[str] = field(default_factory=list)  # blocks or layers left as loaded: never updated
 
 
 @dataclass
@@ -181,9 +197,14 @@ GROUPS = ("dataset", "model", "head", "optim", "schedule", "trainer", "experimen
 
 
 def config_dir() -> Path:
-    """`conf/` of the checkout (editable install), or $NIN_CONFIG_DIR."""
+    """$NIN_CONFIG_DIR when set (it replaces all of conf/); else the package's own nin_cli/conf (a wheel ships
+    conf/ there); else conf/ at the top of the checkout (an editable install runs from src/nin_cli/)."""
     env = os.environ.get("NIN_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "conf"
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    packaged = here / "conf"
+    return packaged if packaged.is_dir() else here.parents[1] / "conf"
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -327,6 +348,10 @@ def _check_consistency(cfg: NinConfig) -> None:
     if cfg.trainer.seed + 1000 * cfg.trainer.collapse_restarts > SEED_MAX:  # train.restart_seed's stride
         raise ConfigError(f"trainer.seed={cfg.trainer.seed}: with trainer.collapse_restarts="
                           f"{cfg.trainer.collapse_restarts} the seeds run past {SEED_MAX} (NumPy's limit)")
+    if cfg.schedule.by_time and cfg.trainer.max_time is None:
+        raise ConfigError("schedule.by_time=true anneals to the deadline: set trainer.max_time=SECONDS")
+    if cfg.schedule.by_time and cfg.trainer.devices > 1:  # each process's clock would give its own lr
+        raise ConfigError(f"schedule.by_time=true runs in one process: trainer.devices={cfg.trainer.devices}")
     devices = cfg.trainer.devices
     if devices > 1 and cfg.trainer.batch_size % devices:
         raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is the global batch: it must divide evenly "

@@ -15,6 +15,7 @@ import torch
 
 from nin_cli.data import Data, load_data
 from nin_cli.errors import ConfigError, DataError
+from nin_cli.files import atomic_write, prepare_output_dir
 from nin_cli.metrics import classification_metrics, evaluate, predict_log_probs  # noqa: F401 (evaluate: re-exported)
 
 SPLITS = ("test", "val", "train")
@@ -80,12 +81,13 @@ def write_eval_outputs(metrics: dict, classes: list[str], out: Path, step: int) 
 
     from nin_cli.maps import confusion_image
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    # out.parent.parent: the run (RUN/eval/NAME) or the checkpoint's folder (DIR/STEM_eval/NAME)
+    prepare_output_dir(out, out.parent.parent, "evaluation folder")
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     title = (f"{metrics['split']}: top-1 error {metrics['top1_error']:.2f}%, n={metrics['n']}; "
              "rows true, columns predicted")
     image = confusion_image(metrics["confusion"], classes, title)
-    image.save(out / "confusion.png")
+    atomic_write(out / "confusion.png", lambda f: image.save(f, format="PNG"))
     writer = SummaryWriter(str(out / "tb"))
     try:
         split = metrics["split"]

@@ -3,23 +3,33 @@
 Every export takes float32 NCHW input that is already preprocessed (see the sidecar's `preprocessing`) with a
 dynamic batch dimension, and returns logits. After writing, the file is loaded back by its own runtime
 (onnxruntime, torch.jit.load, torch.export.load, safetensors into a freshly built model) and run on real test
-images at several batch sizes; the largest absolute difference from the eager model must be ≤ 1e-4, else exit 1.
-A JSON sidecar (`<file>.json`) carries what a consumer needs: class names, input shape, preprocessing constants.
+images at several batch sizes; the largest absolute difference from the eager model must be ≤ 1e-4, else exit 6.
+The file is written under a temporary name beside its destination and renamed only once that check has passed: an
+interrupted or failed export never leaves a partial or unchecked file at the final name.
+A JSON sidecar (`<file>.json`) carries what a consumer needs: class names, input shape, preprocessing constants
+and a recipe for every preprocessing kind. A safetensors export of a classic-dropout model holds a standard
+inference model: the test-time × (1 − p) is folded into the weights (`fold_classic_dropout`).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import copy
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from nin_cli.errors import CheckFailed, ConfigError, DataError
+from nin_cli.files import atomic_write
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program": ".pt2",
            "safetensors": ".safetensors"}
@@ -60,11 +70,86 @@ def export_program(model: torch.nn.Module, example: torch.Tensor, out: Path) -> 
     torch.export.save(program, str(out))
 
 
+# Between a dropout and the layer it feeds: modules that pass a scale through unchanged (a Flatten, the gap head's
+# Identity, another dropout). Before it, back to the layer that made its input: f(a·x) = a·f(x) for a > 0.
+_FORWARD_THROUGH = (nn.Flatten, nn.Identity)
+_BACKWARD_THROUGH = (nn.Flatten, nn.Identity, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d)
+
+
+def _scale_layer(layer: nn.Module, scale: float, bias: bool) -> None:
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+        if bias and getattr(layer, "bias", None) is not None:
+            layer.bias.mul_(scale)
+
+
+def _fold_one(leaves: list[tuple[str, nn.Module]], i: int, scale: float) -> nn.Module | None:
+    """Fold a test-time × `scale` at leaves[i] into the next layer's weights (its input scaled: bias untouched,
+    exact through zero padding and a batch norm after it) or, with no layer after it (a dropout before the gap
+    head's mean), into the previous layer's weight and bias. Returns that layer, None when neither exists."""
+    from nin_cli.model import Dropout, LocallyConnected2d
+
+    linear = (nn.Conv2d, nn.Linear, LocallyConnected2d)
+    for _, module in leaves[i + 1:]:
+        if isinstance(module, linear):
+            _scale_layer(module, scale, bias=False)
+            return module
+        if not isinstance(module, (*_FORWARD_THROUGH, Dropout)):
+            break
+    for _, module in reversed(leaves[:i]):
+        if isinstance(module, (*linear, nn.BatchNorm2d)) and getattr(module, "weight", None) is not None:
+            _scale_layer(module, scale, bias=True)  # the output scaled: weight and bias (a batch norm's γ and β)
+            return module
+        if not isinstance(module, (*_BACKWARD_THROUGH, Dropout)):
+            return None
+    return None
+
+
+def fold_classic_dropout(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """A copy of `model` whose classic dropouts' test-time × (1 − p) lives in the weights, each dropout then an
+    identity at test time: its state dict is a standard inference model (PyTorch's inverted dropout, or none).
+    Returns the copy and one note per fold; raises ValueError when a factor has no layer to go into."""
+    from nin_cli.model import Dropout
+
+    model = copy.deepcopy(model)
+    leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]  # forward order in NIN
+    names = {id(m): name for name, m in leaves}
+    names.update({id(m): name for name, m in getattr(model, "named_layers", list)()})  # the paper's: conv2, cccp5
+    notes = []
+    for i, (name, module) in enumerate(leaves):
+        if isinstance(module, Dropout) and module.classic and module.p > 0:
+            target = _fold_one(leaves, i, 1 - module.p)
+            if target is None:
+                raise ValueError(f"the classic dropout {name} has no layer to fold its × (1 − p) into")
+            module.classic = False  # inverted: the identity at test time
+            notes.append(f"{name} (p={module.p:g}) → {names[id(target)]}")
+    return model, notes
+
+
+def inference_config(config: dict) -> dict:
+    """The config a folded state dict loads into: the same model with PyTorch's (inverted) dropout."""
+    model = config.get("model") or {}
+    if model.get("dropout_style") != "classic":
+        return config
+    return {**config, "model": {**model, "dropout_style": "inverted"}}
+
+
+def dropout_note(notes: list[str]) -> str:
+    return ("classic dropout's test-time × (1 − p) is folded into the weights (" + "; ".join(notes) + "): load "
+            "them into the same network with standard (inverted) dropout or none") if notes else ""
+
+
 def export_safetensors(model: torch.nn.Module, out: Path, config: dict | None = None) -> None:
+    """The state dict with the config it loads into in the metadata; a classic-dropout model folded first, and the
+    fold said in the metadata too (where a loader looks first), so the weights are a standard inference model."""
     from safetensors.torch import save_file
 
+    model, notes = fold_classic_dropout(model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(out), metadata={"format": "pt", "nin_config": json.dumps(config or {})})
+    metadata = {"format": "pt", "nin_config": json.dumps(inference_config(config or {}))}
+    if notes:
+        metadata["nin_dropout"] = dropout_note(notes)
+    save_file(tensors, str(out), metadata=metadata)
 
 
 def reload_runner(fmt: str, out: Path, trained) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -87,7 +172,8 @@ def reload_runner(fmt: str, out: Path, trained) -> Callable[[torch.Tensor], torc
 
     from nin_cli.model import build_model
 
-    fresh = build_model(trained.cfg.model, trained.cfg.head, trained.image_shape, len(trained.classes))
+    model_cfg = replace(trained.cfg.model, dropout_style="inverted")  # the file's weights are folded (see above)
+    fresh = build_model(model_cfg, trained.cfg.head, trained.image_shape, len(trained.classes))
     fresh.load_state_dict(load_file(str(out)), strict=True)
     fresh.eval()
     return lambda x: fresh(x)
@@ -128,19 +214,40 @@ def encode_array(tensor: torch.Tensor) -> dict:
             "base64": base64.b64encode(array.tobytes()).decode("ascii")}
 
 
+_GCN = ("x = float64(image uint8, C×H×W) flattened; x −= mean(x); x *= gcn_scale / n, n = ‖x‖₂, or 1 when "
+        "‖x‖₂ < 1e-8")
+_ROUNDING = ("; training stored these inputs rounded to float16 (round x to float16 and back to reproduce them "
+             "bit for bit; unrounded float32 differs by at most 2⁻¹¹ relative)")
+RECIPES = {  # kind → what a consumer does to one raw uint8 C×H×W image with the constants beside the recipe
+    "none": "x = float32(image uint8, C×H×W) / 255 (no normalisation: mean 0, std 1)",
+    "mean_std": "x = float32(image uint8, C×H×W) / 255; x[c] = (x[c] − mean[c]) / std[c] for each channel c",
+    "mean_image": "x = float32(image uint8, C×H×W) − mean_image (C×H×W, in raw 0–255 units; no ÷255, no std)",
+    "unit_mean_image": "x = float32(image uint8, C×H×W) / 255 − mean_image (C×H×W, stored already ÷255: the "
+                       "mean of the training images on the [0, 1] scale; no std)",
+    "gcn_zca": _GCN + "; x = (x − zca_mean) @ zca_matrix; reshape to C×H×W; float32" + _ROUNDING,
+    "gcn_lcn": _GCN + "; reshape to C×H×W; then LeCun LCN on each channel's H×W map: k[i] = exp(−(i − "
+               "lcn_kernel//2)² / (2·lcn_sigma²)) for i = 0..lcn_kernel−1, k /= sum(k), G = outer(k, k); "
+               "blur(m) = G applied to m zero-padded to the same size ('same' correlation; G is symmetric); "
+               "v = x − blur(x); d = √max(blur(x²), 0); x = v / max(d, mean(d) over the map, lcn_threshold) "
+               "elementwise; float32" + _ROUNDING,
+}
+
+
 def preprocessing_for_json(consts: dict) -> dict:
-    """The checkpoint's preprocessing constants plus the recipe that uses them."""
+    """The checkpoint's preprocessing constants plus the recipe that uses them: one per kind, each checked against
+    `apply_preprocessing` by tests/test_export.py (a NumPy implementation of the recipe text)."""
+    kind = consts.get("kind", "mean_std")
+    if kind not in RECIPES:
+        raise DataError(f"preprocessing kind {kind!r} has no export recipe; kinds are {', '.join(RECIPES)}")
     out = {k: (encode_array(v) if isinstance(v, torch.Tensor) else v) for k, v in consts.items()}
-    if consts.get("kind") == "gcn_zca":
-        out["recipe"] = ("x = float(image uint8, C×H×W) flattened; x -= mean(x); x *= gcn_scale / max(‖x‖₂, 1e-8); "
-                         "x = (x − zca_mean) @ zca_matrix; reshape to C×H×W (float32)")
-    else:
-        out["recipe"] = "x = image uint8 C×H×W / 255; x[c] = (x[c] − mean[c]) / std[c] (float32)"
+    out["kind"] = kind
+    out["recipe"] = RECIPES[kind]
     return out
 
 
 def sidecar(trained, fmt: str, out: Path, difference: float, sizes: list[int], source: str) -> dict:
-    return {
+    config = trained.record["config"]
+    meta = {
         "format": fmt, "file": out.name, "checkpoint": str(trained.path), "weights": trained.weights,
         "checkpoint_sha256": trained.record.get("sha256"),
         "classes": trained.classes,
@@ -148,12 +255,38 @@ def sidecar(trained, fmt: str, out: Path, difference: float, sizes: list[int], s
         "output": {"name": "logits", "shape": ["batch", len(trained.classes)]},
         "preprocessing": preprocessing_for_json(trained.preprocessing),
         "parity": {"max_abs_diff": difference, "tolerance": TOLERANCE, "batch_sizes": sizes, "inputs": source},
-        "config": trained.record["config"],
+        "config": config,
     }
+    if fmt == "safetensors":  # the config the file's weights load into, and the fold when there was one
+        meta["config"] = inference_config(config)
+        meta["dropout"] = dropout_note(fold_classic_dropout(trained.model)[1]) or "no classic dropout: nothing folded"
+    return meta
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A temporary path beside `out` for the exporter and its runtime (both need a path, not the open file that
+    `atomic_write` hands out), renamed to `out` when the block succeeds. On failure or interruption the final name
+    is never touched: the temp file is removed (a failed parity check moves it to `out.rejected` first)."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def write_and_check(trained, fmt: str, path: Path, x: torch.Tensor) -> tuple[float, list[int]]:
+    """Write the export to `path`, reload it with its runtime, and return (max |export − eager|, batch sizes)."""
+    writers = {"onnx": export_onnx, "torchscript": export_torchscript, "exported-program": export_program,
+               "safetensors": lambda model, _, file: export_safetensors(model, file, trained.record["config"])}
+    writers[fmt](trained.model, x[:max(2, min(4, len(x)))], path)  # a batch > 1: torch.export specialises 1
+    return max_difference(reload_runner(fmt, path, trained), trained.model, x)
 
 
 def export_command(path: Path, fmt: str, out: Path | None, weights: str = "auto", as_json: bool = False) -> dict:
-    """`nin export`: write, reload, check parity, write the sidecar; returns the sidecar."""
+    """`nin export`: write under a temporary name, reload, check parity, rename, write the sidecar; returns it."""
     from nin_cli.checkpoint import load_trained
 
     if fmt not in FORMATS:
@@ -161,20 +294,21 @@ def export_command(path: Path, fmt: str, out: Path | None, weights: str = "auto"
     trained = load_trained(path, device="cpu", weights=weights)
     out = Path(out) if out else Path(path).with_name(Path(path).stem + FORMATS[fmt])
     x, source = parity_inputs(trained)
-    writers = {"onnx": export_onnx, "torchscript": export_torchscript, "exported-program": export_program,
-               "safetensors": lambda model, _, file: export_safetensors(model, file, trained.record["config"])}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        writers[fmt](trained.model, x[:max(2, min(4, len(x)))], out)  # a batch > 1: torch.export specialises 1
+        with staged(out) as tmp:
+            difference, sizes = write_and_check(trained, fmt, tmp, x)
+            if not difference <= TOLERANCE:
+                rejected = out.with_name(out.name + ".rejected")
+                os.replace(tmp, rejected)
+                raise ParityError(f"{fmt} export disagrees with the eager model: max |difference| {difference:.3g} "
+                                  f"> {TOLERANCE:g} on {source}; nothing written to {out}, the file is kept as "
+                                  f"{rejected}")
     except OSError as err:
         raise DataError(f"cannot write {out}: {err.strerror or err}") from None
-    difference, sizes = max_difference(reload_runner(fmt, out, trained), trained.model, x)
-    if not difference <= TOLERANCE:
-        raise ParityError(f"{fmt} export {out} disagrees with the eager model: max |difference| {difference:.3g} "
-                          f"> {TOLERANCE:g} on {source}; the file is kept for inspection, no sidecar written")
     meta = sidecar(trained, fmt, out, difference, sizes, source)
     sidecar_path = out.with_name(out.name + ".json")
-    sidecar_path.write_text(json.dumps(meta, indent=1) + "\n")
+    atomic_write(sidecar_path, json.dumps(meta, indent=1) + "\n")
     report = sys.stderr if as_json else sys.stdout  # --json: stdout holds the sidecar alone
     print(f"{fmt}: reloaded with its runtime, max |export − eager| = {difference:.3g} (≤ {TOLERANCE:g}) on "
           f"{source}, batch sizes {', '.join(map(str, sizes))}", file=report)

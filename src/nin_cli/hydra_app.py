@@ -10,17 +10,17 @@ task_function)` is the same for `nin sweep`: Hydra's sweeper and launcher plugin
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from nin_cli.config import NinConfig, config_dir, schema_overrides, to_config
 from nin_cli.errors import ConfigError, DataError, Interrupted, InterruptedNow, NinError, save_traceback
-from nin_cli.files import one_line
+from nin_cli.files import one_line, refuse_unsafe_tree
 
 
 def _log_file(run_dir: Path) -> Path:
@@ -95,6 +95,25 @@ def _compose_run(hydra: Any, overrides: list[str]) -> tuple[Any, Path | None]:
     return cfg, run_dir
 
 
+@contextmanager
+def guarded_run_dir(run_dir: Path | None, existed: bool):
+    """The run directory checked and locked before anything is written in it: one holding a link or a special file
+    is refused (exit 4), one in use by another process too (exit 2), and the refused command changes nothing."""
+    if run_dir is None:
+        yield
+        return
+    from nin_cli.runs import run_dir_lock
+
+    if existed:
+        refuse_unsafe_tree(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _setup_failure(err, run_dir, existed) from None
+    with run_dir_lock(run_dir):
+        yield
+
+
 def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> Any:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -118,20 +137,23 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
         hydra = GlobalHydra.instance().hydra
         cfg, run_dir = _compose_run(hydra, overrides)
         existed = run_dir is not None and run_dir.is_dir()
-        callbacks = hydra_private().Callbacks(cfg)
-        callbacks.on_run_start(config=cfg, config_name="config")
-        try:
-            ret = run_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
-                          task_function=task_function, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None,
-                          configure_logging=True)
-        except InterruptedNow as err:  # Typer would turn a KeyboardInterrupt into a silent 130
-            raise Interrupted(str(err), err.exit_code) from None
-        except (OSError, ValueError) as err:  # the task's own errors come back in `ret`: this is Hydra's setup of
-            cause = err if isinstance(err, OSError) else err.__cause__  # the run (logging wraps its OSError)
-            if not isinstance(cause, OSError):
-                raise
-            raise _setup_failure(cause, run_dir, existed) from None
-        callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
+        with guarded_run_dir(run_dir, existed):  # before Hydra writes .hydra/ and train.log
+            callbacks = hydra_private().Callbacks(cfg)
+            callbacks.on_run_start(config=cfg, config_name="config")
+            try:
+                ret = run_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
+                              task_function=task_function, config=cfg, job_dir_key="hydra.run.dir",
+                              job_subdir_key=None, configure_logging=True)
+            except InterruptedNow as err:  # Typer would turn a KeyboardInterrupt into a silent 130
+                raise Interrupted(str(err), err.exit_code) from None
+            except (OSError, ValueError) as err:  # the task's own errors come back in `ret`: this is Hydra's setup
+                cause = err if isinstance(err, OSError) else err.__cause__  # of the run (logging wraps its OSError)
+                if isinstance(cause, NinError):  # SafeFileHandler refused train.log
+                    raise cause from None
+                if not isinstance(cause, OSError):
+                    raise
+                raise _setup_failure(cause, run_dir, existed) from None
+            callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
     outcome = hydra_private().outcome(ret)
     if ret.status == JobStatus.FAILED:
         raise outcome
@@ -150,10 +172,7 @@ def write_run_files(cfg: NinConfig, run_dir: Path, device: str, start: bool = Tr
     if not start:
         return
     path = run_dir / "provenance.json"
-    try:
-        record = json.loads(path.read_text()) if path.exists() else None
-    except ValueError:  # unreadable: start the record again rather than fail the run
-        record = None
+    record = _provenance_record(path)
     if isinstance(record, dict):
         record.setdefault("resumes", []).append(provenance(device))
     else:
@@ -168,11 +187,17 @@ def record_provenance(run_dir: Path, facts: dict) -> None:
     from nin_cli.runs import write_json
 
     path = run_dir / "provenance.json"
+    write_json(path, {**(_provenance_record(path) or {}), **facts})
+
+
+def _provenance_record(path: Path) -> dict | None:
+    """The run's provenance so far; None when missing or unreadable (the record starts again: it only describes)."""
+    from nin_cli.files import read_json
+
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        record = None
-    write_json(path, {**(record if isinstance(record, dict) else {}), **facts})
+        return read_json(path)
+    except (FileNotFoundError, DataError):
+        return None
 
 
 def hydra_multirun(overrides: list[str], task_function: Callable[[Any], Any]) -> Any:

@@ -67,7 +67,8 @@ def restore(path: Path, record: dict, loop: Loop) -> None:
     """Put a checkpoint's state into the loop's model, optimizer, scaler, state, sums and the RNGs."""
     changed = config_changes(record.get("config", {}), to_dict(loop.cfg))
     if changed:
-        log.warning("resuming with a changed config: %s", "; ".join(changed[:8]))
+        # the stored side comes from a file: one line, bounded (a newline in it could forge log lines)
+        log.warning("resuming with a changed config: %s", one_line("; ".join(changed[:8]), 400))
     try:
         loop.model.load_state_dict(record["model"])
         loop.optimizer.load_state_dict(record["optimizer"])

@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from nin_cli.files import atomic_write, one_line
+from nin_cli.files import atomic_write, one_line, read_yaml, refuse_unsafe_tree
 
 log = logging.getLogger("nin")
 
@@ -158,24 +158,38 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
 # ----------------------------------------------------------------------------------------- resuming a run
 
 
+_HELD_LOCKS: dict[tuple[int, int], int] = {}  # (device, inode) of a locked directory → how often this process holds it
+
+
 @contextmanager
-def run_dir_lock(root: Path):
-    """One `nin train` at a time per run directory (two would interleave checkpoints and metrics). An flock on the
-    directory itself: no lock file to leave behind, and the kernel releases it when the process dies."""
+def run_dir_lock(root: Path, what: str = "`nin train`"):
+    """One nin process at a time per run (or sweep) directory (two would interleave checkpoints and metrics). An
+    flock on the directory itself: no lock file to leave behind, and the kernel releases it when the process
+    dies. Re-entrant within a process: `hydra_run` takes it before Hydra writes anything and `fit` (for every other
+    caller) takes it again, and an flock is per open file, so a second open in the same process would refuse."""
     import fcntl
 
     from nin_cli.errors import ConfigError
 
-    fd = os.open(root, os.O_RDONLY)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    info = os.fstat(fd)
+    key = (info.st_dev, info.st_ino)
     try:
+        if key not in _HELD_LOCKS:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"{root} is in use by another {what}; wait for it to finish or choose another "
+                                  "directory") from None
+        _HELD_LOCKS[key] = _HELD_LOCKS.get(key, 0) + 1
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"{root} is in use by another `nin train`; wait for it to finish or choose another "
-                              "hydra.run.dir") from None
-        yield
+            yield
+        finally:
+            _HELD_LOCKS[key] -= 1
+            if not _HELD_LOCKS[key]:
+                del _HELD_LOCKS[key]
     finally:
-        os.close(fd)
+        os.close(fd)  # the flock goes with the last descriptor of its open file: held ones stay open above
 
 
 def remove_stale_temps(paths: RunPaths) -> list[Path]:
@@ -256,19 +270,18 @@ def _override_values(overrides: list[str]) -> dict[str, Any]:
 def _run_overrides(run_dir: Path) -> list[str]:
     """The overrides a run was started with (Hydra's .hydra/overrides.yaml), checked as untrusted input (see
     `config.check_replayed_overrides`); [] when the run has no such file (a checkpoint's own folder)."""
-    import yaml
 
     from nin_cli.config import check_replayed_overrides
     from nin_cli.errors import DataError
 
     path = run_dir / ".hydra" / "overrides.yaml"
-    if not path.exists():
-        return []
+    refuse_unsafe_tree(run_dir)  # before reading it: a link in it is refused as a whole (exit 4)
     try:
-        items = yaml.safe_load(path.read_bytes())
-    except (OSError, yaml.YAMLError, RecursionError) as err:
-        raise DataError(f"{path}: unreadable ({one_line(err, 160)}); repair or remove it to resume "
-                        "this run") from None
+        items = read_yaml(path, expect=None)
+    except FileNotFoundError:
+        return []
+    except DataError as err:
+        raise DataError(f"{err}; repair or remove it to resume this run") from None
     return check_replayed_overrides([] if items is None else items, path)
 
 

@@ -24,15 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nin_cli.errors import ConfigError, Interrupted
-from nin_cli.files import atomic_write
+from nin_cli.errors import ConfigError, DataError, Interrupted
+from nin_cli.files import atomic_write, number, one_line, read_bytes, read_json, read_text
 from nin_cli.runs import write_json
 from nin_cli.sweep import (
     PRUNED,
     JobRow,
+    guarded_sweep_dir,
     job_dirs,
     plan_sweep,
     print_plan,
+    quoted_path,
     raise_failed,
     record_failure,
     show_summary,
@@ -40,6 +42,7 @@ from nin_cli.sweep import (
 
 STUDY = "study.journal"
 RESULTS = "optimization_results.yaml"
+MAX_JOURNAL = 256 * 1024 * 1024  # a study of thousands of trials is a few MB
 POLL_S = 1.0  # how often a running trial's metrics.jsonl is read: an epoch takes seconds at the very least
 
 
@@ -74,16 +77,47 @@ def search_space(lines: list[str]) -> tuple[dict[str, Any], list[str]]:
     return space, fixed
 
 
-def open_study(sweep_dir: Path, sampler: Any, pruner: Any) -> Any:
+def open_study(sweep_dir: Path, seed: int, pruner: Any) -> Any:
+    """The study in `sweep_dir`'s journal (untrusted input: a cut last line is repaired first; anything Optuna cannot
+    read is exit 3 naming the file). TPE is seeded from (seed, trials already in the study), so a continued study
+    explores new values instead of drawing the first ones again."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # nin prints its own line per trial
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(sweep_dir / STUDY)))
-    return optuna.create_study(storage=storage, study_name="nin", direction="minimize", sampler=sampler,
-                               pruner=pruner, load_if_exists=True)
+    journal = sweep_dir / STUDY
+    repair_journal(journal)
+    try:
+        storage = JournalStorage(JournalFileBackend(str(journal)))
+        study = optuna.create_study(storage=storage, study_name="nin", direction="minimize", pruner=pruner,
+                                    load_if_exists=True)
+        done = len(study.get_trials(deepcopy=False))
+    except Exception as err:  # noqa: BLE001 - whatever a tampered journal makes Optuna raise: name the file
+        raise DataError(f"{journal}: not a study Optuna can read ({one_line(err, 120)}); move it away to start "
+                        "a new search") from None
+    study.sampler = optuna.samplers.TPESampler(seed=seed * 1_000_003 + done)
+    return study
+
+
+def repair_journal(journal: Path) -> None:
+    """A journal whose last line was cut (a driver killed mid-append) loses that line: Optuna would append the
+    next record to it and leave the study unreadable for good."""
+    try:
+        data = read_bytes(journal, MAX_JOURNAL)
+    except FileNotFoundError:
+        return
+    if data and not data.endswith(b"\n"):
+        atomic_write(journal, data[:data.rfind(b"\n") + 1])
+
+
+def origin_number(trial: Any) -> int:
+    """The trial number whose directory a trial trains in: its own, or the interrupted one it continues (a number
+    below its own; nothing else from the journal names a directory)."""
+    origin = trial.user_attrs.get("continues")
+    if isinstance(origin, int) and not isinstance(origin, bool) and 0 <= origin < trial.number:
+        return origin
+    return trial.number
 
 
 def continue_interrupted(study: Any) -> None:
@@ -93,8 +127,7 @@ def continue_interrupted(study: Any) -> None:
 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"run_dir": trial.user_attrs.get("run_dir", str(trial.number)),
-                                                      "continues": trial.number})
+        study.enqueue_trial(trial.params, user_attrs={"continues": origin_number(trial)})
 
 
 def finished_trials(study: Any) -> int:
@@ -111,15 +144,19 @@ def trial_overrides(fixed: list[str], params: dict[str, Any]) -> list[str]:
 def _val_errors(run_dir: Path, after: int) -> list[tuple[int, float]]:
     """(epoch, val_error) of every finished epoch after `after` so far. Read while the run appends to it: a line
     still being written ends the list (the next poll reads it whole)."""
-    path = run_dir / "metrics.jsonl"
+    try:
+        text = read_text(run_dir / "metrics.jsonl")
+    except FileNotFoundError:
+        return []
     found: list[tuple[int, float]] = []
-    for line in path.read_text().splitlines() if path.exists() else []:
+    for line in text.splitlines():
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             break
-        if row.get("epoch", 0) > after and row.get("val_error") is not None:
-            found.append((row["epoch"], row["val_error"]))
+        epoch, val_error = (row.get("epoch"), number(row.get("val_error"))) if isinstance(row, dict) else (0, None)
+        if isinstance(epoch, int) and epoch > after and val_error is not None:
+            found.append((epoch, val_error))
     return found
 
 
@@ -141,7 +178,7 @@ def run_trial(study: Any, trial: Any, overrides: list[str], run_dir: Path) -> st
     the trial's state: complete | pruned | failed."""
     from optuna.trial import TrialState
 
-    command = [sys.executable, "-m", "nin_cli", "train", *overrides, f"hydra.run.dir={run_dir}",
+    command = [sys.executable, "-m", "nin_cli", "train", *overrides, f"hydra.run.dir={quoted_path(run_dir)}",
                "trainer.progress=plain"]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     last: list[str] = []
@@ -161,9 +198,13 @@ def run_trial(study: Any, trial: Any, overrides: list[str], run_dir: Path) -> st
                 break
             time.sleep(POLL_S)
         code = proc.wait()
-    except KeyboardInterrupt:  # the trial got the same Ctrl-C: it saves; the next run of the sweep resumes it
+    except (KeyboardInterrupt, _Terminated) as err:  # Ctrl-C reached the trial too; SIGTERM is passed on: it saves
+        code = 143 if isinstance(err, _Terminated) else 130
+        if code == 143:
+            proc.send_signal(signal.SIGTERM)
         proc.wait()
-        raise Interrupted(f"stopped during trial {trial.number}; re-run the same command to resume it", 130) from None
+        raise Interrupted(f"stopped during trial {trial.number}; re-run the same command to resume it",
+                          code) from None
     pump.join()
     finished = code == 0 or (pruned_at is not None and (run_dir / "summary.json").exists())
     if pruned_at is not None and not finished:  # 143, or killed (-15) while it was saving after its last step
@@ -171,8 +212,7 @@ def run_trial(study: Any, trial: Any, overrides: list[str], run_dir: Path) -> st
         study.tell(trial, state=TrialState.PRUNED)
         return "pruned"
     if finished:  # also a run that ended its last epoch as the pruner's SIGTERM arrived
-        summary = json.loads((run_dir / "summary.json").read_text())
-        value = summary.get("best_val_error")
+        value = number(read_json(run_dir / "summary.json").get("best_val_error"))
         study.tell(trial, float("inf") if value is None else value)
         return "complete"
     if code in (130, 143, -signal.SIGINT, -signal.SIGTERM):
@@ -199,7 +239,15 @@ def write_results(study: Any, sweep_dir: Path) -> None:
           + " ".join(f"{k}={v}" for k, v in best.params.items()))
 
 
-def run_search(overrides: list[str], trials: int, sampler: Any, pruner: Any, dry_run: bool = False) -> list[JobRow]:
+class _Terminated(Exception):
+    """SIGTERM to the driver (a scheduler's stop): the running trial is stopped cleanly, then exit 143."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def run_search(overrides: list[str], trials: int, seed: int, pruner: Any, dry_run: bool = False) -> list[JobRow]:
     """Plan and check the candidates, then run trials until the study in the sweep directory has `trials`
     finished ones; summary as `nin sweep` writes it (pruned trials marked)."""
     plan = plan_sweep(overrides, sampled=True)
@@ -207,21 +255,28 @@ def run_search(overrides: list[str], trials: int, sampler: Any, pruner: Any, dry
     if dry_run:
         print_plan(plan)
         return []
-    study = open_study(plan.sweep_dir, sampler, pruner)
-    continue_interrupted(study)
     rows: list[JobRow] = []
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        while finished_trials(study) < trials:
-            trial = study.ask(space)
-            run_dir = plan.sweep_dir / trial.user_attrs.get("run_dir", str(trial.number))
-            trial.set_user_attr("run_dir", run_dir.name)
-            values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-            print(f"trial {trial.number} ({finished_trials(study) + 1} of {trials}): {values}", flush=True)
-            state = run_trial(study, trial, trial_overrides(fixed, trial.params), run_dir)
-            print(f"trial {trial.number}: {state}", flush=True)
-    finally:  # also after Ctrl-C: what finished so far
-        write_results(study, plan.sweep_dir)
-        if job_dirs(plan.sweep_dir):
-            rows = show_summary(plan.sweep_dir)
+        with guarded_sweep_dir(plan.sweep_dir):
+            study = open_study(plan.sweep_dir, seed, pruner)
+            continue_interrupted(study)
+            try:
+                while finished_trials(study) < trials:
+                    trial = study.ask(space)
+                    run_dir = plan.sweep_dir / str(origin_number(trial))
+                    values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in trial.params.items())
+                    print(f"trial {trial.number} ({finished_trials(study) + 1} of {trials}): {values}", flush=True)
+                    state = run_trial(study, trial, trial_overrides(fixed, trial.params), run_dir)
+                    print(f"trial {trial.number}: {state}", flush=True)
+            except _Terminated:  # between trials: nothing runs
+                raise Interrupted("SIGTERM: stopped between trials; re-run the same command to continue", 143) from None
+            finally:  # also after Ctrl-C: what finished so far
+                write_results(study, plan.sweep_dir)
+                if job_dirs(plan.sweep_dir):
+                    rows = show_summary(plan.sweep_dir)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     raise_failed(rows)
     return rows

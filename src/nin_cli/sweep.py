@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,7 +42,7 @@ from nin_cli.errors import (
     UnknownKeyError,
     UnsafeFileError,
 )
-from nin_cli.files import one_line
+from nin_cli.files import atomic_write, one_line, refuse_unsafe_tree
 from nin_cli.report import Line, Row, RunRecord, format_error
 
 log = logging.getLogger("nin")
@@ -192,11 +194,31 @@ def _validate(hydra: Any, plan: Plan) -> dict[int, str]:
     return {i: str(err) for i, err in invalid.items()}
 
 
+def quoted_path(path: Path) -> str:
+    """A path as one quoted value of Hydra's override grammar (commas, quotes, spaces survive)."""
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _pin_sweep_dir(overrides: list[str], sweep_dir: Path) -> list[str]:
     """One absolute sweep directory for every job and process: `${now:}` resolves anew in each process."""
     kept = [o for o in overrides if not o.lstrip("+").startswith("hydra.sweep.dir=")]
-    quoted = str(sweep_dir).replace("\\", "\\\\").replace("'", "\\'")
-    return [*kept, f"hydra.sweep.dir='{quoted}'"]
+    return [*kept, f"hydra.sweep.dir={quoted_path(sweep_dir)}"]
+
+
+@contextmanager
+def guarded_sweep_dir(sweep_dir: Path):
+    """A sweep directory checked (no link or special file: exit 4) and locked (one sweep driver at a time: exit 2)
+    before any job or study file is written in it."""
+    from nin_cli.runs import run_dir_lock
+
+    refuse_unsafe_tree(sweep_dir, "sweep directory")
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"hydra.sweep.dir={sweep_dir}: cannot create it ({err.strerror or err}); give a writable "
+                          "directory") from None
+    with run_dir_lock(sweep_dir, "`nin sweep`"):
+        yield
 
 
 def plan_sweep(overrides: list[str], sampled: bool = False) -> Plan:
@@ -247,13 +269,14 @@ def run_sweep(overrides: list[str], dry_run: bool = False) -> list[JobRow]:
     for i, reason in plan.invalid.items():
         print(f"nin: job #{i} ({swept[i]}) will fail: {reason}", file=sys.stderr)
     rows: list[JobRow] = []
-    try:
-        hydra_multirun(plan.overrides, sweep_job)
-    except _StopSweep as stop:
-        raise Interrupted(*stop.args) from None
-    finally:  # also after Ctrl-C: what finished so far
-        if job_dirs(plan.sweep_dir):
-            rows = show_summary(plan.sweep_dir)
+    with guarded_sweep_dir(plan.sweep_dir):
+        try:
+            hydra_multirun(plan.overrides, sweep_job)
+        except _StopSweep as stop:
+            raise Interrupted(*stop.args) from None
+        finally:  # also after Ctrl-C: what finished so far
+            if job_dirs(plan.sweep_dir):
+                rows = show_summary(plan.sweep_dir)
     raise_failed(rows)
     return rows
 
@@ -381,7 +404,9 @@ def read_job(sweep_dir: Path, run_dir: Path) -> JobRow:
     failure, summary = _read_json(run_dir / FAILURE), _read_json(run_dir / "summary.json")
     pruned = _read_json(run_dir / PRUNED)
     if failure is not None:
-        row.status, row.reason, row.exit_code = "failed", failure.get("reason", ""), failure.get("exit_code")
+        code = failure.get("exit_code")
+        row.status, row.reason = "failed", one_line(str(failure.get("reason", "")), 300)  # text from a file
+        row.exit_code = code if isinstance(code, int) and not isinstance(code, bool) and 0 < code < 256 else 1
     elif pruned is not None:  # a search stopped it: its validation error was behind the other trials'
         row.status, row.best_val_error = "pruned", pruned.get("best_val_error")
         row.reason = f"pruned after epoch {pruned.get('epoch')}"
@@ -552,19 +577,25 @@ def _seed_cells(group: SeedGroup) -> list[str]:
     return [group.label, group.seeds, str(len(group.done)), *(group.cell(m) for m in SEED_METRICS)]
 
 
+def _csv_text(rows: list[list[Any]]) -> str:
+    """CSV of one-line cells (text from a run directory could hold newlines), for `atomic_write`."""
+    out = io.StringIO(newline="")
+    csv.writer(out).writerows([[one_line(c) if isinstance(c, str) else c for c in row] for row in rows])
+    return out.getvalue()
+
+
 def _write_seeds_csv(path: Path, groups: list[SeedGroup]) -> None:
     """One row per group: mean, sample std and n of every metric, full precision ("" where undefined)."""
     metrics = group_metrics(groups)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["overrides", "jobs", "seeds", "n_jobs", "n_done",
-                         *(f"{m}_{s}" for m in metrics for s in ("mean", "std", "n"))])
-        for g in groups:
-            cells = []
-            for metric in metrics:
-                mean, std, n = g.stats(metric)
-                cells += ["" if mean is None else mean, "" if std is None else std, n]
-            writer.writerow([g.label, g.jobs, g.seeds, len(g.rows), len(g.done), *cells])
+    table = [["overrides", "jobs", "seeds", "n_jobs", "n_done",
+              *(f"{m}_{s}" for m in metrics for s in ("mean", "std", "n"))]]
+    for g in groups:
+        cells = []
+        for metric in metrics:
+            mean, std, n = g.stats(metric)
+            cells += ["" if mean is None else mean, "" if std is None else std, n]
+        table.append([g.label, g.jobs, g.seeds, len(g.rows), len(g.done), *cells])
+    atomic_write(path, _csv_text(table))
 
 
 def _seeds_markdown(groups: list[SeedGroup]) -> list[str]:
@@ -602,13 +633,10 @@ def _cells(row: JobRow) -> list[str]:
 
 def _write_csv(path: Path, rows: list[JobRow]) -> None:
     """Full-precision numbers, as in each job's summary.json."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["job", "overrides", "status", "best_val_error", "test_error", "params", "wall_time_s",
-                         "reason"])
-        for r in rows:
-            writer.writerow([r.job, r.swept, r.status, *("" if v is None else v for v in (
-                r.best_val_error, r.test_error, r.params, r.wall_time_s)), r.reason])
+    table = [["job", "overrides", "status", "best_val_error", "test_error", "params", "wall_time_s", "reason"]]
+    table += [[r.job, r.swept, r.status, *("" if v is None else v for v in (
+        r.best_val_error, r.test_error, r.params, r.wall_time_s)), r.reason] for r in rows]
+    atomic_write(path, _csv_text(table))
 
 
 def _markdown(sweep_dir: Path, rows: list[JobRow]) -> str:
@@ -642,13 +670,14 @@ def write_summary(sweep_dir: Path) -> list[JobRow]:
 def _write_summary(sweep_dir: Path) -> tuple[list[JobRow], list[SeedGroup]]:
     """summary.csv and summary.md (with an "Over seeds" section when some jobs differ only in trainer.seed), and
     summary_seeds.csv (always: one row per group, single jobs too)."""
+    refuse_unsafe_tree(sweep_dir, "sweep directory")  # someone else's: its summary.csv may be a link
     rows, groups = read_summary(sweep_dir)
     _write_csv(sweep_dir / "summary.csv", rows)
     _write_seeds_csv(sweep_dir / "summary_seeds.csv", groups)
     markdown = _markdown(sweep_dir, rows)
     if _seeds_aggregated(groups):
         markdown += "\n".join(_seeds_markdown(groups)) + "\n"
-    (sweep_dir / "summary.md").write_text(markdown)
+    atomic_write(sweep_dir / "summary.md", markdown)
     return rows, groups
 
 

@@ -50,6 +50,7 @@ from nin_cli.errors import (
 )
 from nin_cli.faults import inject
 from nin_cli.files import one_line
+from nin_cli.finetune import prepare_model
 from nin_cli.maps import log_class_maps
 from nin_cli.metrics import evaluate, evaluation_sums, metrics_from_sums
 from nin_cli.model import build_model
@@ -65,8 +66,16 @@ from nin_cli.runs import (
     truncate_metrics,
     write_json,
 )
-from nin_cli.runtime import autocast, autocast_dtype, resolve_device, seed_everything, set_tf32, tune_malloc
-from nin_cli.schedule import build_optimizer, lr_multiplier, update_plateau
+from nin_cli.runtime import (
+    autocast,
+    autocast_dtype,
+    resolve_device,
+    seed_everything,
+    set_tf32,
+    tune_malloc,
+    with_precision,
+)
+from nin_cli.schedule import build_optimizer, step_multipliers, update_plateau
 from nin_cli.state import EpochSums, Loop, NullWriter, StopRequest, TrainState, elapsed, epoch_totals
 
 log = logging.getLogger("nin")
@@ -113,9 +122,7 @@ def train_step(loop: Loop, images: torch.Tensor, labels: torch.Tensor, steps: in
     update on the CPU, and at the next check on an accelerator (the weights it spoilt are never saved)."""
     cfg, state, sums = loop.cfg, loop.state, loop.sums
     tr = cfg.trainer
-    progress = state.epoch + state.epoch_step / steps
-    mult = lr_multiplier(cfg.schedule, progress, tr.epochs, state.lr_scale)
-    bias_mult = mult if cfg.schedule.drop_bias_lr else lr_multiplier(cfg.schedule, progress, tr.epochs, drops=False)
+    mult, bias_mult = step_multipliers(loop, steps)
     for group in loop.optimizer.param_groups:
         group["lr"] = group["base_lr"] * (bias_mult if group.get("is_bias") else mult)
     amp = autocast_dtype(tr.precision)
@@ -399,8 +406,9 @@ def setup(cfg: NinConfig, paths: RunPaths, stop: StopRequest, dist: Dist) -> Loo
     processes, process 0 alone touches the run directory and picks the checkpoint every process resumes from."""
     from torch.utils.tensorboard import SummaryWriter
 
+    device = resolve_device(cfg.trainer.device)
+    cfg, _ = with_precision(cfg, device)  # trainer.precision=auto: bf16 or fp32 for this device (logged)
     tr = cfg.trainer
-    device = resolve_device(tr.device)
     if tr.num_threads:
         torch.set_num_threads(tr.num_threads)
     if device.type == "cpu":
@@ -422,6 +430,9 @@ def setup(cfg: NinConfig, paths: RunPaths, stop: StopRequest, dist: Dist) -> Loo
         restore(*source, loop)
         log.info("resuming from %s at epoch %d, step %d (%d into the epoch)", source[0], loop.state.epoch + 1,
                  loop.state.step, loop.state.epoch_step)
+        if (loop.state.stopped_because or "").startswith("time limit"):  # judged again: a larger max_time goes on
+            loop.state.stopped_because = None
+    prepare_model(loop, resumed=source is not None)  # trainer.init_from (never over a resume), trainer.freeze
     step_model = wrap_model(model, device, dist)
     writer = NullWriter()
     if dist.is_main:

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Regenerates every figure of BENCHMARKS.md's "Machine", "Training throughput" and "Time to accuracy" sections.
+# `make bench`: regenerates the figures of BENCHMARKS.md's "Machine", "Training throughput" and "Time to accuracy"
+# sections on this host, and no others (the loader, memory, GPU check and paper-fidelity sections name their own
+# commands).
 # Run it on a quiet machine (nothing else running; `uptime` load ≈ 0): throughput ~20 min, then the two 60-minute
 # time-to-accuracy runs (SKIP_TTA=1 leaves those out). Raw JSON and logs go to OUT (default outputs/benchmarks),
 # the tables and the plot BENCHMARKS.md shows to FIG_DIR (default docs/benchmarks).

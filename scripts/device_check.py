@@ -211,7 +211,7 @@ def parse_speeds(text: str) -> dict[int, float]:
     """--speeds 1:9000,2:15000 → {1: 9000.0, 2: 15000.0} (the dry run's stand-in for the benches)."""
     speeds = {int(n): float(v) for n, v in (item.split(":") for item in text.split(","))}
     if 1 not in speeds or min(speeds.values()) <= 0:
-        raise SystemExit("device check: --speeds needs 1:IMAGES_PER_S and positive speeds")
+        raise argparse.ArgumentTypeError("needs 1:IMAGES_PER_S and positive speeds, e.g. 1:9000,2:15000")
     return speeds
 
 

@@ -95,11 +95,14 @@ def test_flatten_and_labels():
     ("summary.json", None, "summary.json: missing (written when a run finishes: is it finished?)"),
     ("provenance.json", None, "provenance.json: missing"),
     ("config.yaml", None, "config.yaml: missing"),
-    ("summary.json", "{not json", "summary.json: not a readable JSON file"),
-    ("summary.json", "[1, 2]", "summary.json: not a JSON object (got list)"),
-    ("config.yaml", "model: [unclosed", "config.yaml: not a readable YAML file"),
-    ("config.yaml", "- just\n- a list\n", "config.yaml: not a config (a YAML mapping expected, got list)"),
-    ("provenance.json", b"\xff\xfe\x00garbage", "provenance.json: not readable"),
+    ("summary.json", "{not json", "summary.json: not valid JSON"),
+    ("summary.json", "[1, 2]", "summary.json: holds a list, not a dict"),
+    ("summary.json", "[" * 100 + "]" * 100, "summary.json: nested deeper than 32 levels"),
+    ("summary.json", "[" * 200000 + "]" * 200000, "summary.json: not valid JSON"),  # RecursionError inside json
+    ("summary.json", '{"a":' * 50 + "1" + "}" * 50, "summary.json: nested deeper than 32 levels"),
+    ("config.yaml", "model: [unclosed", "config.yaml: not valid YAML"),
+    ("config.yaml", "- just\n- a list\n", "config.yaml: holds a list, not a dict"),
+    ("provenance.json", b"\xff\xfe\x00garbage", "provenance.json: not UTF-8 text"),
 ])
 def test_missing_or_unreadable_files_are_named(tmp_path, name, content, needle):
     a, b = fake_run(tmp_path, "a"), fake_run(tmp_path, "b")
@@ -122,7 +125,7 @@ def test_a_hostile_config_is_data_never_code(tmp_path):
     (b / "config.yaml").write_text(f"model: !!python/object/apply:os.system ['touch {canary}']\n")
     with pytest.raises(DataError) as err:
         compare_runs([a, b])
-    assert err.value.exit_code == 3 and "config.yaml: not a readable YAML file" in str(err.value)
+    assert err.value.exit_code == 3 and "config.yaml: not valid YAML" in str(err.value)
     assert not canary.exists()
 
 

@@ -83,28 +83,42 @@ def test_a_collapsed_seed_restarts_with_the_next_and_is_recorded(nin, tmp_path, 
     run = tmp_path / "run"
     result = nin("train", *COLLAPSE, "trainer.collapse_restarts=2", f"hydra.run.dir={run}")
     assert result.code == 0, result.err
-    expected = [{"seed": 0, "collapsed_at_step": 1}]
+    restarts = json.loads((run / "restarts.json").read_text())
+    assert [(r["seed"], r["collapsed_at_step"], r["kept_in"]) for r in restarts] == [(0, 1, "attempts/seed0")]
+    assert "training collapsed at step 1" in restarts[0]["reason"] and "\n" not in restarts[0]["reason"]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["collapse_restarts"] == expected
-    assert json.loads((run / "restarts.json").read_text()) == expected
-    assert json.loads((run / "provenance.json").read_text())["collapse_restarts"] == expected
-    assert "seed: 1" in (run / "config.yaml").read_text()
+    assert summary["collapse_restarts"] == restarts
+    assert json.loads((run / "provenance.json").read_text())["collapse_restarts"] == restarts
+    assert "seed: 1000" in (run / "config.yaml").read_text()  # seed + 1000·k: never another slot's seed
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1]  # only the restarted attempt's epoch: the collapsed one was cleared
+    assert [r["epoch"] for r in rows] == [1]  # only the restarted attempt's epoch in the run's own file
+    kept = run / "attempts" / "seed0"
+    assert (kept / "tb").is_dir() and not (kept / "checkpoints").exists()  # the failed attempt's evidence kept
     again = nin("train", *COLLAPSE, "trainer.collapse_restarts=2", f"hydra.run.dir={run}")
     assert again.code == 0, again.err  # resuming the finished run keeps the record
-    assert json.loads((run / "restarts.json").read_text()) == expected
+    assert json.loads((run / "restarts.json").read_text()) == restarts
 
 
 def test_restarts_are_bounded(nin, tmp_path, monkeypatch):
-    kill_class_maps(monkeypatch, {0, 1, 2, 3})
+    kill_class_maps(monkeypatch, {0, 1000, 2000, 3000})
     run = tmp_path / "run"
     result = nin("train", *COLLAPSE, "trainer.collapse_restarts=2", f"hydra.run.dir={run}")
     assert result.code == 5, result.err
     assert result.err_lines[-1].startswith("nin: error: training collapsed at step 1")
-    assert "seed 2 was the last restart; seeds 0, 1 collapsed too" in result.err_lines[-1]
+    assert "seed 2000 was the last attempt; seeds 0, 1000 collapsed before" in result.err_lines[-1]
     restarts = json.loads((run / "restarts.json").read_text())
-    assert [r["seed"] for r in restarts] == [0, 1]  # seed 2 collapsed too and was the last try
+    assert [r["seed"] for r in restarts] == [0, 1000]  # seed 2000 collapsed too and was the last try
+
+
+def test_a_stall_is_never_restarted(nin, tmp_path, monkeypatch):
+    """The epoch guard (loss at ln C for whole epochs) stops a run that may only be slow: exit 5, no restart."""
+    from nin_cli import train
+
+    monkeypatch.setattr(train, "count_chance_epochs", lambda state, cfg, metrics, classes: True)
+    run = tmp_path / "run"
+    result = nin("train", *COLLAPSE, "trainer.collapse_restarts=2", "trainer.collapse_steps=0", f"hydra.run.dir={run}")
+    assert result.code == 5 and "collapsed to chance" in result.err_lines[-1]
+    assert not (run / "restarts.json").exists() and not (run / "attempts").exists()
 
 
 # ------------------------------------------------------------------------- lr drops and the authors' input

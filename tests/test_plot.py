@@ -136,10 +136,10 @@ def test_bad_input_exits_with_one_line(tmp_path):
     cases.append(([broken], f"{broken / 'metrics.jsonl'}: line 4 is not JSON"))
     listy = fake_run(tmp_path / "listy")
     (listy / "metrics.jsonl").write_text("[1, 2]\n")
-    cases.append(([listy], f"{listy / 'metrics.jsonl'}: line 1 is not a JSON object"))
+    cases.append(([listy], f"{listy / 'metrics.jsonl'}: line 1 is not an epoch's row"))
     empty = fake_run(tmp_path / "emptymetrics")
     (empty / "metrics.jsonl").write_text("\n")
-    cases.append(([empty], "metrics.jsonl: empty (no epoch finished"))
+    cases.append(([empty], "metrics.jsonl: missing or empty (no epoch finished"))
     for paths, needle in cases:
         with pytest.raises(DataError) as err:
             plot_runs(paths, tmp_path / "x.png")
@@ -159,7 +159,7 @@ def test_a_hostile_config_is_data_never_code(tmp_path):
     (run / "config.yaml").write_text(f"trainer: !!python/object/apply:os.system ['touch {canary}']\n")
     with pytest.raises(DataError) as err:
         plot_runs([run], tmp_path / "x.png")
-    assert err.value.exit_code == 3 and "config.yaml: not a readable YAML file" in str(err.value)
+    assert err.value.exit_code == 3 and "config.yaml: not valid YAML" in str(err.value)
     assert not canary.exists()
 
 

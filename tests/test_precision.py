@@ -88,3 +88,13 @@ def test_a_training_records_the_precision_auto_chose(nin, tmp_path, monkeypatch)
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["config"]["trainer"]["precision"]
     assert saved == "fp32" and "precision fp32 (auto: fp32, the CPU has no native bf16" in result.err
     assert json.loads((run / "summary.json").read_text())["epochs"] == 1
+
+
+def test_nin_info_says_which_precision_and_why(nin, monkeypatch):
+    flags(monkeypatch, "amx_bf16")
+    result = nin("info", "experiment=demo_digits", "trainer.precision=auto", "--json")
+    assert result.code == 0, result.err
+    info = result.json()
+    assert info["precision"] == "bf16" and "amx_bf16" in info["precision_why"]
+    paper = nin("info", "experiment=paper_mnist", "trainer.precision=auto", "--json").json()
+    assert paper["precision"] == "fp32"  # the paper presets stay fp32 unless asked

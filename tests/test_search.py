@@ -57,8 +57,8 @@ def test_a_trial_behind_is_pruned_and_marked(tmp_path):
     state = search.run_trial(study, trial, overrides, sweep / "0")
     assert state == "pruned"
     assert study.trials[0].state == optuna.trial.TrialState.PRUNED
-    pruned = json.loads((sweep / "0" / "pruned.json").read_text())
-    assert pruned["epoch"] == 1 and 0 <= pruned["best_val_error"] <= 100
+    pruned = json.loads((sweep / "0" / "outcome.json").read_text())
+    assert pruned["status"] == "pruned" and pruned["epoch"] == 1 and 0 <= pruned["best_val_error"] <= 100
     epochs = (sweep / "0" / "metrics.jsonl").read_text().splitlines()
     assert 1 <= len(epochs) < 1000 and (sweep / "0" / "checkpoints" / "last.pt").is_file()
     (row,) = write_summary(sweep)

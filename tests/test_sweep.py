@@ -102,7 +102,8 @@ def test_failing_jobs_are_marked_and_the_others_run(nin, tmp_path):
     assert rows["0"]["status"] == "failed" and "diverged" in rows["0"]["reason"]
     assert rows["1"]["status"] == "failed" and rows["1"]["reason"].startswith("optim.lr=-1.0: out of range")
     assert rows["2"]["status"] == "done" and (sweep / "2" / "summary.json").is_file()
-    assert json.loads((sweep / "1" / "failure.json").read_text())["exit_code"] == 2
+    outcome = json.loads((sweep / "1" / "outcome.json").read_text())
+    assert outcome["status"] == "failed" and outcome["exit_code"] == 2
     assert "job 0 failed: training diverged" in result.out
 
 
@@ -193,9 +194,9 @@ def seeded_sweep(tmp_path) -> Path:
 
 
 def seed_groups_of(sweep: Path) -> list:
-    from nin_cli.sweep import read_summary
+    from nin_cli.sweep import read_sweep
 
-    return read_summary(sweep)[1]
+    return read_sweep(sweep)[1]
 
 
 def seed_rows(sweep: Path) -> dict[str, dict]:

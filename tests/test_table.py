@@ -132,7 +132,7 @@ def test_bad_table_invocations_exit_with_one_line(nin, tmp_path, args, code, nee
 def test_a_corrupt_summary_is_named(nin, runs, tmp_path):
     (runs / "full" / "paper_mnist" / "seed0" / "summary.json").write_text("{not json")
     result = nin("table", str(runs), "--out", str(tmp_path / "r"))
-    assert result.code == 3 and "summary.json: not a readable JSON file" in result.err, result.err
+    assert result.code == 3 and "summary.json: not valid JSON" in result.err, result.err
 
 
 def test_no_runs_yet_prints_the_paper_alone(nin, tmp_path):

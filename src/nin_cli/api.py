@@ -14,7 +14,6 @@ logging and no signal handler, and imports neither torch nor Hydra (each functio
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import signal
@@ -134,37 +133,10 @@ def predict(checkpoint: Path | str | Trained, images: torch.Tensor, batch_size: 
 
 def read_run(run_dir: Path | str) -> dict[str, Any]:
     """A run directory's results as data: {"run_dir", "config" (config.yaml), "summary" (summary.json; None while
-    the run is unfinished), "metrics" (metrics.jsonl: one dict per epoch)}. Files are parsed as plain data only;
-    a missing config.yaml or a damaged file is a DataError naming it."""
-    from nin_cli.compare import read_json_mapping, read_yaml_mapping
+    the run is unfinished), "metrics" (metrics.jsonl: one dict per finished epoch)}. Read through results.py, the
+    one reader of run directories: a missing config.yaml or a damaged file is a DataError naming it."""
+    from nin_cli.results import read_config, read_metrics, read_summary
 
     run = Path(run_dir)
-    config = read_yaml_mapping(run / "config.yaml", "written when a run starts: is this a run directory?")
-    summary_path = run / "summary.json"
-    summary = read_json_mapping(summary_path, "a finished run's summary") if summary_path.exists() else None
-    return {"run_dir": str(run), "config": config, "summary": summary, "metrics": _metrics_rows(run / "metrics.jsonl")}
-
-
-def _metrics_rows(path: Path) -> list[dict[str, Any]]:
-    from nin_cli.errors import DataError
-    from nin_cli.files import one_line
-
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []  # no epoch finished yet
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not readable ({one_line(err)})") from None
-    lines = text.split("\n")[:-1]  # a last line without its newline is a row still being written: left out
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as err:
-            raise DataError(f"{path}: line {number} is not JSON ({one_line(err)})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: line {number} is not a JSON object")
-        rows.append(row)
-    return rows
+    return {"run_dir": str(run), "config": read_config(run), "summary": read_summary(run),
+            "metrics": read_metrics(run, running=True)}

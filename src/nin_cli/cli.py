@@ -154,9 +154,12 @@ def info(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=
         raise ConfigError(f"model does not fit image_shape={shape}: {one_line(err)}") from None
     params = sum(p.numel() for p in net.parameters())
     flops = sum(s.flops_forward for s in stats)
+    from nin_cli.runtime import describe_precision
+
+    chosen = describe_precision(cfg)  # trainer.precision=auto resolved on this machine, with the reason
     if as_json:
         print(json.dumps({"params": params, "flops_forward": flops,
-                          "blocks": [vars(s) for s in stats]}))
+                          "blocks": [vars(s) for s in stats], **chosen}))
         return
     from rich.console import Console
     from rich.table import Table
@@ -170,6 +173,7 @@ def info(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=
         table.add_row(s.name, "×".join(map(str, s.output_shape)), f"{s.params:,}", f"{s.flops_forward / 1e6:,.1f}")
     table.add_row("total", "", f"{params:,}", f"{flops / 1e6:,.1f}", style="bold")
     console.print(table)
+    console.print(f"precision {chosen['precision']}: {chosen['precision_why']}", highlight=False, markup=False)
 
 
 @app.command(cls=OverridesCommand, context_settings=OVERRIDES, epilog=EPILOG)

@@ -3,9 +3,9 @@
 `compare_runs(paths)` reads each run's config.yaml (flattened to dotted keys), summary.json and provenance.json and
 returns one JSON-ready dict: the config keys whose values differ, every numeric metric with its delta from the
 first run, and the provenance fields (git commit and dirty flag, package versions, Python, device) that differ.
-`render_compare(result, console)` draws it as rich tables. Run directories are untrusted input: YAML is read with
-`yaml.safe_load` (plain data only, no tags, nothing instantiated) and a missing or unreadable file is a DataError
-naming it (exit 3). Nothing here imports torch.
+`render_compare(result, console)` draws it as rich tables. Run directories are untrusted input, read through
+results.py (regular files, bounded, plain data: a missing or unreadable file is a DataError naming it, exit 3).
+Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -15,68 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from nin_cli.errors import ConfigError, DataError
-from nin_cli.files import one_line
+from nin_cli.results import flatten, numeric_metrics, read_config, read_provenance, read_summary, run_labels
 
-RUN_FILES = ("config.yaml", "summary.json", "provenance.json")
 PROVENANCE_KEYS = ("git_commit", "git_dirty", "versions", "python", "device")
-
-
-# ------------------------------------------------------------------------------------------------ reading
-
-
-def _read_text(path: Path, needed_for: str) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing ({needed_for})") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not readable ({one_line(err)})") from None
-
-
-def read_yaml_mapping(path: Path, needed_for: str = "a run directory's resolved config") -> dict:
-    """A YAML file that must hold a mapping, read with yaml.safe_load: plain data, never an object."""
-    import yaml
-
-    text = _read_text(path, needed_for)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise DataError(f"{path}: not a readable YAML file ({one_line(err)})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: not a config (a YAML mapping expected, got {type(data).__name__})")
-    return data
-
-
-def read_json_mapping(path: Path, needed_for: str) -> dict:
-    text = _read_text(path, needed_for)
-    try:
-        data = json.loads(text)
-    except ValueError as err:
-        raise DataError(f"{path}: not a readable JSON file ({one_line(err)})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: not a JSON object (got {type(data).__name__})")
-    return data
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as dotted keys ({"model": {"dropout": 0.5}} -> {"model.dropout": 0.5}); lists stay values.
-    An empty mapping stays a value ({} under its key), so it is not lost."""
-    if not isinstance(data, dict) or (not data and prefix):
-        return {prefix: data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def run_labels(paths: list[Path]) -> list[str]:
-    """The shortest path suffix that tells each run from the others (seed0, seed1; or cifar10/seed0, svhn/seed0)."""
-    parts = [Path(p).resolve().parts for p in paths]
-    for depth in range(1, max(len(p) for p in parts) + 1):
-        labels = [Path(*p[-depth:]).as_posix() for p in parts]
-        if len(set(labels)) == len(labels):
-            return labels
-    return [f"{i}:{Path(p).name}" for i, p in enumerate(paths, 1)]  # the same directory given twice
 
 
 # ------------------------------------------------------------------------------------------------ comparing
@@ -108,8 +49,6 @@ def compare_runs(paths: list[Path]) -> dict:
      "provenance": {field: [value per run]}}                   git_commit, git_dirty, versions.*, python, device:
                                                                only those that differ
     """
-    from nin_cli.sweep import numeric_metrics
-
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise ConfigError(f"compare needs two or more run directories (got {len(paths)})")
@@ -117,9 +56,12 @@ def compare_runs(paths: list[Path]) -> dict:
     for path in paths:
         if not path.is_dir():
             raise DataError(f"{path}: no such run directory")
-        configs.append(flatten(read_yaml_mapping(path / "config.yaml")))
-        summaries.append(read_json_mapping(path / "summary.json", "written when a run finishes: is it finished?"))
-        provenances.append(read_json_mapping(path / "provenance.json", "written when a run starts"))
+        configs.append(flatten(read_config(path)))
+        summary = read_summary(path)
+        if summary is None:
+            raise DataError(f"{path / 'summary.json'}: missing (written when a run finishes: is it finished?)")
+        summaries.append(summary)
+        provenances.append(read_provenance(path))
 
     names = list(numeric_metrics({k: 0 for s in summaries for k, v in s.items() if _numeric(v)}))
     metrics = {}

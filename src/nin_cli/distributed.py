@@ -120,7 +120,8 @@ def train_worker(args_overrides: list[str]) -> dict | None:
 
     from nin_cli.config import load_config
     from nin_cli.errors import ConfigError
-    from nin_cli.hydra_app import hydra_run, write_run_files
+    from nin_cli.hydra_app import hydra_run
+    from nin_cli.runs import write_run_files
     from nin_cli.train import fit
 
     def start(cfg) -> tuple[Any, Dist]:

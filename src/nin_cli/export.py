@@ -304,11 +304,11 @@ def export_command(path: Path, fmt: str, out: Path | None, weights: str = "auto"
                 raise ParityError(f"{fmt} export disagrees with the eager model: max |difference| {difference:.3g} "
                                   f"> {TOLERANCE:g} on {source}; nothing written to {out}, the file is kept as "
                                   f"{rejected}")
+            meta = sidecar(trained, fmt, out, difference, sizes, source)  # before the rename: it can still fail
+        sidecar_path = out.with_name(out.name + ".json")
+        atomic_write(sidecar_path, json.dumps(meta, indent=1) + "\n")
     except OSError as err:
         raise DataError(f"cannot write {out}: {err.strerror or err}") from None
-    meta = sidecar(trained, fmt, out, difference, sizes, source)
-    sidecar_path = out.with_name(out.name + ".json")
-    atomic_write(sidecar_path, json.dumps(meta, indent=1) + "\n")
     report = sys.stderr if as_json else sys.stdout  # --json: stdout holds the sidecar alone
     print(f"{fmt}: reloaded with its runtime, max |export − eager| = {difference:.3g} (≤ {TOLERANCE:g}) on "
           f"{source}, batch sizes {', '.join(map(str, sizes))}", file=report)

@@ -22,7 +22,7 @@ from torch import nn
 
 from nin_cli.checkpoint import chosen_weights, load_checkpoint
 from nin_cli.errors import ConfigError, DataError
-from nin_cli.hydra_app import record_provenance
+from nin_cli.runs import record_provenance
 
 log = logging.getLogger("nin")
 

@@ -160,46 +160,6 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
     return outcome
 
 
-def write_run_files(cfg: NinConfig, run_dir: Path, device: str, start: bool = True) -> None:
-    """config.yaml (as run) and, when a process `start`s on the run, provenance.json; a resumed run keeps its
-    provenance and records the resume."""
-    from omegaconf import OmegaConf
-
-    from nin_cli.config import to_dict
-    from nin_cli.runs import provenance, write_json, write_text
-
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
-    if not start:
-        return
-    path = run_dir / "provenance.json"
-    record = _provenance_record(path)
-    if isinstance(record, dict):
-        record.setdefault("resumes", []).append(provenance(device))
-    else:
-        record = provenance(device)
-        if cfg.resume:
-            record["resumed_from"] = cfg.resume
-    write_json(path, record)
-
-
-def record_provenance(run_dir: Path, facts: dict) -> None:
-    """Add `facts` to the run's provenance.json (kept whole if it is unreadable: the facts start a new record)."""
-    from nin_cli.runs import write_json
-
-    path = run_dir / "provenance.json"
-    write_json(path, {**(_provenance_record(path) or {}), **facts})
-
-
-def _provenance_record(path: Path) -> dict | None:
-    """The run's provenance so far; None when missing or unreadable (the record starts again: it only describes)."""
-    from nin_cli.files import read_json
-
-    try:
-        return read_json(path)
-    except (FileNotFoundError, DataError):
-        return None
-
-
 def hydra_multirun(overrides: list[str], task_function: Callable[[Any], Any]) -> Any:
     """Hydra's multirun, as `@hydra.main` does it for `-m`: compose in MULTIRUN mode, let the configured sweeper
     (`hydra/sweeper=...`) instantiate its launcher (`hydra/launcher=...`) and sweep the task overrides.

@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from nin_cli.errors import ConfigError, DataError
-from nin_cli.files import atomic_write, one_line
+from nin_cli.files import atomic_write, number, one_line
+from nin_cli.results import (
+    NOT_SETTINGS,
+    flatten,
+    group_by_seed,
+    job_dirs,
+    mean_std,
+    read_config,
+    read_metrics,
+    run_labels,
+)
 
 X_AXES = ("epoch", "minutes")
 PANELS = (("train_loss", "Training loss", "cross-entropy (nats)"),
@@ -45,50 +55,30 @@ class Curve:
 
 
 def _number(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    found = number(value)  # NaN, Infinity, strings and booleans are no value: a gap in the line
+    return math.nan if found is None else found
 
 
 def read_curve(run: Path) -> Curve:
-    from nin_cli.compare import flatten, read_yaml_mapping
-
-    config_path = run / "config.yaml"
-    config = flatten(read_yaml_mapping(config_path)) if config_path.exists() else {}
-    metrics = run / "metrics.jsonl"
-    try:
-        lines = metrics.read_text().splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{metrics}: missing (no epoch finished in this run yet)") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{metrics}: not readable ({one_line(err)})") from None
+    """One run's curve, read through results.py (bounded, typed: a value that is no finite number is NaN)."""
+    config = flatten(read_config(run)) if (run / "config.yaml").exists() else {}
+    rows = read_metrics(run, running=True)
+    if not rows:
+        raise DataError(f"{run / 'metrics.jsonl'}: missing or empty (no epoch finished in this run yet)")
     curve = Curve(run, config, values={key: [] for key, _, _ in PANELS})
     elapsed = 0.0
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as err:
-            raise DataError(f"{metrics}: line {number} is not JSON ({one_line(err)})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{metrics}: line {number} is not a JSON object")
-        epoch = _number(row.get("epoch"))
-        if not math.isfinite(epoch):
-            raise DataError(f"{metrics}: line {number} has no epoch number")
+    for row in rows:
         seconds = _number(row.get("epoch_time_s"))
         elapsed += seconds if math.isfinite(seconds) else 0.0
-        curve.epochs.append(int(epoch))
+        curve.epochs.append(row["epoch"])
         curve.minutes.append(elapsed / 60)
         for key in curve.values:
             curve.values[key].append(_number(row.get(key)))
-    if not curve.epochs:
-        raise DataError(f"{metrics}: empty (no epoch finished in this run yet)")
     return curve
 
 
 def expand_runs(paths: list[Path]) -> list[Path]:
     """Run directories (they hold metrics.jsonl), and every job with a metrics.jsonl of a sweep directory."""
-    from nin_cli.sweep import job_dirs
-
     runs: dict[Path, None] = {}
     for path in map(Path, paths):
         if not path.is_dir():
@@ -120,8 +110,6 @@ class Group:
 def _labels(groups: list[Group]) -> None:
     """Each group is named by the config values that tell it from the other groups (trainer.seed aside), or by
     its first run's directory when there are none or too many."""
-    from nin_cli.compare import run_labels
-    from nin_cli.sweep import NOT_SETTINGS
 
     def shown(value: Any) -> str:
         return json.dumps(value) if isinstance(value, list | dict) else str(value)
@@ -144,7 +132,6 @@ def _labels(groups: list[Group]) -> None:
 
 def group_curves(curves: list[Curve]) -> list[Group]:
     """Runs whose configs differ only in trainer.seed, together (a run without config.yaml stands alone)."""
-    from nin_cli.sweep import group_by_seed
 
     groups = [Group(g) for g in group_by_seed(curves, lambda c: c.config or {"path": str(c.path)})]
     _labels(groups)
@@ -153,13 +140,13 @@ def group_curves(curves: list[Curve]) -> list[Group]:
 
 def band(group: Group, key: str, x: str) -> tuple[list[float], list[float], list[float]]:
     """(x, mean, std) per epoch over the group's runs that reached it; std NaN where fewer than two did. Against
-    minutes, x is the mean time to the end of that epoch."""
-    from nin_cli.sweep import mean_std
-
-    epochs = sorted({e for c in group.curves for e in c.epochs})
+    minutes, x is the mean time to the end of that epoch. Linear in epochs: one pass over each curve."""
+    by_epoch: dict[int, list[tuple[float, float]]] = {}
+    for c in group.curves:
+        for epoch, minutes, value in zip(c.epochs, c.minutes, c.values[key], strict=True):
+            by_epoch.setdefault(epoch, []).append((minutes, value))
     xs, means, stds = [], [], []
-    for epoch in epochs:
-        at = [(c.minutes[i], c.values[key][i]) for c in group.curves for i, e in enumerate(c.epochs) if e == epoch]
+    for epoch, at in sorted(by_epoch.items()):
         values = [v for _, v in at if math.isfinite(v)]
         mean, std = mean_std(values)
         xs.append(float(epoch) if x == "epoch" else mean_std([m for m, _ in at])[0])

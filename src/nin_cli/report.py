@@ -172,9 +172,16 @@ def _custom_meta(config: dict) -> dict:
 
 def _data_tag(meta: dict) -> str:
     """The planner's data tag; for a reproduce.json written before it was recorded, read from the data label."""
-    label = str(meta.get("data", ""))
-    return meta.get("data_tag") or (OFFICIAL_DATA if label.endswith("(official files)") else
-                                    "synthetic" if label.startswith("synthetic") else "cifar10-jpeg")
+    tag, label = meta.get("data_tag"), str(meta.get("data", ""))
+    if isinstance(tag, str) and tag:
+        return tag
+    return (OFFICIAL_DATA if label.endswith("(official files)") else
+            "synthetic" if label.startswith("synthetic") else "cifar10-jpeg")
+
+
+def _seed(value: object) -> int | None:
+    """A seed read back from an untrusted file: an int, else None (a string would break sorting)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _judged(meta: dict, row: str) -> tuple[bool, str]:
@@ -182,7 +189,7 @@ def _judged(meta: dict, row: str) -> tuple[bool, str]:
     by an older planner that called every budget comparable is not held against the paper by mistake."""
     if meta.get("budget", "custom") == "custom":
         return bool(meta.get("comparable", True)), str(meta.get("why_not", ""))
-    return comparability(row, str(meta["budget"]), _data_tag(meta))
+    return comparability(row, str(meta.get("budget")), _data_tag(meta))
 
 
 def _epoch_seconds(metrics: Path) -> float:
@@ -195,7 +202,7 @@ def _epoch_seconds(metrics: Path) -> float:
     for line in text.splitlines():
         try:
             total += number(json.loads(line).get("epoch_time_s")) or 0.0
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             continue
     return total
 
@@ -224,7 +231,17 @@ def _wall_time(path: Path, summary: dict, restarts: list[dict]) -> float | None:
 
 
 def _restarts(summary: dict) -> list[dict]:
-    return [r for r in summary.get("collapse_restarts") or [] if isinstance(r, dict)]
+    restarts = summary.get("collapse_restarts")
+    return [r for r in restarts if isinstance(r, dict)] if isinstance(restarts, list) else []
+
+
+def _slot_seed(meta: dict, restarts: list[dict], final_seed: int | None) -> int | None:
+    """The seed slot: reproduce.json's; for a run made by hand the first attempt's seed (config.yaml and the
+    summary hold the last attempt's, seed + 1000·k after k restarts)."""
+    if meta.get("budget", "custom") != "custom":
+        return _seed(meta.get("seed"))
+    first = _seed(restarts[0].get("seed")) if restarts else final_seed
+    return first if first is not None else _seed(meta.get("seed"))
 
 
 def read_run(path: Path) -> RunRecord | None:
@@ -236,19 +253,17 @@ def read_run(path: Path) -> RunRecord | None:
     if row not in ROW_BY_KEY:
         return None
     comparable, why_not = _judged(meta, row)
-    record = RunRecord(path, row, "incomplete", seed=meta.get("seed"), budget=meta.get("budget", "custom"),
-                       data=meta.get("data", ""), comparable=comparable, why_not=why_not,
-                       command=meta.get("command", ""))
+    record = RunRecord(path, row, "incomplete", seed=_seed(meta.get("seed")),
+                       budget=str(meta.get("budget", "custom")), data=meta.get("data", ""), comparable=comparable,
+                       why_not=why_not, command=meta.get("command", ""))
     if summary is not None:
         record.status = "done"
         record.test_error = summary.get("test_error")
         record.epochs = summary.get("epochs")
         record.device = str(summary.get("device") or "")
         record.restarts = _restarts(summary)
-        record.final_seed = summary.get("seed")
-        if meta.get("budget", "custom") == "custom":  # by hand: the slot is the first attempt's seed, and
-            first = record.restarts[0].get("seed") if record.restarts else record.final_seed  # config.yaml has
-            record.seed = first if first is not None else record.seed  # the last attempt's
+        record.final_seed = _seed(summary.get("seed"))
+        record.seed = _slot_seed(meta, record.restarts, record.final_seed)
         record.wall_time_s = _wall_time(path, summary, record.restarts)
         return record
     outcome = _read_json(path / "outcome.json")

@@ -19,7 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from nin_cli.files import atomic_write, one_line, read_yaml, refuse_unsafe_tree
+from nin_cli.config import NinConfig, to_dict
+from nin_cli.files import atomic_write, one_line, read_json, read_yaml, refuse_unsafe_tree
 
 log = logging.getLogger("nin")
 
@@ -60,6 +61,54 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_outcome(run_dir: Path, status: str, reason: str, exit_code: int | None = None, **facts: Any) -> None:
+    """Why a run stopped short, in one record (RUN/outcome.json; results.read_outcome reads it back): failed |
+    pruned | collapsed | diverged | no_data, a one-line reason, the exit code, and facts such as the pruned epoch."""
+    write_json(run_dir / "outcome.json", {"status": status, "reason": one_line(reason, 300), "exit_code": exit_code,
+                                          "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **facts})
+
+
+def clear_outcome(run_dir: Path) -> None:
+    """A run tried again starts with no outcome (the files of earlier versions included)."""
+    for name in ("outcome.json", "failure.json", "pruned.json"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def write_run_files(cfg: NinConfig, run_dir: Path, device: str, start: bool = True) -> None:
+    """config.yaml (as run) and, when a process `start`s on the run, provenance.json; a resumed run keeps its
+    provenance and records the resume."""
+    from omegaconf import OmegaConf  # only where a run starts: results.py's readers need none of it
+
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+    if not start:
+        return
+    path = run_dir / "provenance.json"
+    record = _provenance_record(path)
+    if isinstance(record, dict):
+        record.setdefault("resumes", []).append(provenance(device))
+    else:
+        record = provenance(device)
+        if cfg.resume:
+            record["resumed_from"] = cfg.resume
+    write_json(path, record)
+
+
+def record_provenance(run_dir: Path, facts: dict) -> None:
+    """Add `facts` to the run's provenance.json (kept whole if it is unreadable: the facts start a new record)."""
+    path = run_dir / "provenance.json"
+    write_json(path, {**(_provenance_record(path) or {}), **facts})
+
+
+def _provenance_record(path: Path) -> dict | None:
+    """The run's provenance so far; None when missing or unreadable (the record starts again: it only describes)."""
+    from nin_cli.errors import DataError
+
+    try:
+        return read_json(path)
+    except (FileNotFoundError, DataError):
+        return None
 
 
 def _git(*args: str) -> str | None:

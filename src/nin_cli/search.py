@@ -7,7 +7,7 @@ nin asks Optuna itself. The search space is written as Hydra's sweep grammar, as
 - Planning is `nin sweep`'s: every candidate (interval ends, choices) is composed and checked before any trial.
 - Each trial is an ordinary run directory `<sweep dir>/<trial number>/`, trained by a `nin train` process. Its
   validation error is reported to Optuna after every epoch (read from metrics.jsonl); when the pruner says the trial
-  is behind, the process gets SIGTERM, saves `last.pt` and the trial is marked pruned (`pruned.json`).
+  is behind, the process gets SIGTERM, saves `last.pt` and the trial is marked pruned (outcome.json, status pruned).
 - The study lives in `<sweep dir>/study.journal` (Optuna's journal file: no database). Re-running the same command
   continues it up to N finished trials; a trial that was running when the sweep stopped (Ctrl-C, a crash, a lost
   node) is resumed from its own directory's `last.pt` with the same values.
@@ -15,7 +15,6 @@ nin asks Optuna itself. The search space is written as Hydra's sweep grammar, as
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -25,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from nin_cli.errors import ConfigError, DataError, Interrupted
-from nin_cli.files import atomic_write, number, one_line, read_bytes, read_json, read_text
-from nin_cli.runs import write_json
+from nin_cli.files import atomic_write, number, one_line, read_bytes
+from nin_cli.results import read_metrics, read_summary
+from nin_cli.runs import write_outcome
 from nin_cli.sweep import (
-    PRUNED,
     JobRow,
     guarded_sweep_dir,
     job_dirs,
@@ -144,20 +143,9 @@ def trial_overrides(fixed: list[str], params: dict[str, Any]) -> list[str]:
 def _val_errors(run_dir: Path, after: int) -> list[tuple[int, float]]:
     """(epoch, val_error) of every finished epoch after `after` so far. Read while the run appends to it: a line
     still being written ends the list (the next poll reads it whole)."""
-    try:
-        text = read_text(run_dir / "metrics.jsonl")
-    except FileNotFoundError:
-        return []
-    found: list[tuple[int, float]] = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            break
-        epoch, val_error = (row.get("epoch"), number(row.get("val_error"))) if isinstance(row, dict) else (0, None)
-        if isinstance(epoch, int) and epoch > after and val_error is not None:
-            found.append((epoch, val_error))
-    return found
+    rows = read_metrics(run_dir, running=True)
+    found = [(row["epoch"], number(row.get("val_error"))) for row in rows if row["epoch"] > after]
+    return [(epoch, value) for epoch, value in found if value is not None]
 
 
 def _forward_stderr(proc: subprocess.Popen, last: list[str]) -> threading.Thread:
@@ -208,11 +196,11 @@ def run_trial(study: Any, trial: Any, overrides: list[str], run_dir: Path) -> st
     pump.join()
     finished = code == 0 or (pruned_at is not None and (run_dir / "summary.json").exists())
     if pruned_at is not None and not finished:  # 143, or killed (-15) while it was saving after its last step
-        write_json(run_dir / PRUNED, {"epoch": pruned_at, "best_val_error": best})
+        write_outcome(run_dir, "pruned", f"pruned after epoch {pruned_at}", 143, epoch=pruned_at, best_val_error=best)
         study.tell(trial, state=TrialState.PRUNED)
         return "pruned"
     if finished:  # also a run that ended its last epoch as the pruner's SIGTERM arrived
-        value = number(read_json(run_dir / "summary.json").get("best_val_error"))
+        value = number((read_summary(run_dir) or {}).get("best_val_error"))
         study.tell(trial, float("inf") if value is None else value)
         return "complete"
     if code in (130, 143, -signal.SIGINT, -signal.SIGTERM):

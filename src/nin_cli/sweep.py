@@ -5,13 +5,14 @@ for sampling sweepers such as Optuna one job per candidate value), and validate 
 group option is wrong for the whole sweep: exit 2 before anything runs. A bad value fails only the jobs that carry
 it. Then `hydra_app.hydra_multirun` hands the jobs to the configured sweeper and launcher with `sweep_job` as the
 task. Each job is an ordinary run directory `<hydra.sweep.dir>/<hydra.sweep.subdir>/`; a job that fails leaves
-`failure.json` (one-line reason, exit code) and the others run on. Re-running the same sweep into the same
-directory skips finished jobs (summary.json) and resumes the others (fit continues from checkpoints/last.pt).
+`outcome.json` (status failed, one-line reason, exit code: runs.write_outcome); the others run on. Re-running the
+same sweep into the same directory skips finished jobs (summary.json) and resumes the others (fit continues from
+checkpoints/last.pt).
 
 `write_summary(sweep_dir)` reads every job directory back into summary.csv, summary.md and a rich table. Jobs that
 differ only in `trainer.seed` are grouped (`seed_groups`): mean ± std and n over the finished seeds of every
-numeric summary.json metric, with report.py's statistics (the paper table's), in summary_seeds.csv, a second table
-and a section of summary.md.
+numeric summary.json metric (results.mean_std: the paper table's statistics), in summary_seeds.csv, a second table
+and a section of summary.md. Every job directory is read through results.py, the one reader of run directories.
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from nin_cli.config import NinConfig, check_overrides, config_dir, hydra_error, schema_overrides, to_config, to_dict
 from nin_cli.errors import (
@@ -43,18 +43,31 @@ from nin_cli.errors import (
     UnsafeFileError,
 )
 from nin_cli.files import atomic_write, one_line, refuse_unsafe_tree
-from nin_cli.report import Line, Row, RunRecord, format_error
+from nin_cli.report import format_error
+from nin_cli.results import (
+    NOT_SETTINGS,
+    SEED_KEY,
+    group_by_seed,
+    job_dirs,
+    mean_std,
+    numeric_metrics,
+    override_values,
+    read_metrics,
+    read_outcome,
+    read_overrides,
+    read_summary,
+    read_yaml,
+)
+from nin_cli.runs import clear_outcome, write_outcome
 
 log = logging.getLogger("nin")
 
-FAILURE = "failure.json"
 INSTALL = "pip install -e '.[sweep]'"
 # The plugins the `sweep` extra brings: group -> option -> the package that registers it.
 PLUGINS = {"hydra/launcher": {"joblib": "hydra-joblib-launcher", "submitit_local": "hydra-submitit-launcher",
                               "submitit_slurm": "hydra-submitit-launcher"}}
 # hydra-optuna-sweeper 1.3.0 (its last release) pins optuna<3 and sqlalchemy<2; search.py drives current Optuna.
 OPTUNA_MOVED = "hydra/sweeper=optuna is replaced by `nin sweep --trials N` (current Optuna, pruning, resumable studies)"
-PRUNED = "pruned.json"
 ERRORS = {2: ConfigError, 3: DataError, 4: UnsafeFileError, 5: DivergedError}
 
 
@@ -293,11 +306,11 @@ def raise_failed(rows: list[JobRow]) -> None:
 def sweep_job(cfg: Any) -> float:
     """One job, run by the launcher in this process or another: train (or skip a finished run, or resume) and
     return the best validation error (what a sampling sweeper would minimise). An anticipated failure is recorded
-    in failure.json with its one-line reason and reported as +inf, never raised: the other jobs run on."""
+    in outcome.json with its one-line reason and reported as +inf, never raised: the other jobs run on."""
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    (run_dir / FAILURE).unlink(missing_ok=True)
+    clear_outcome(run_dir)
     try:
         summary = _train_job(cfg, run_dir)
     except Interrupted as err:
@@ -340,89 +353,53 @@ def _train_job_distributed(cfg: NinConfig, run_dir: Path) -> dict:
     if code:
         raise ERRORS.get(code, NinError)(f"its {cfg.trainer.devices} processes exited with code {code}; see "
                                          f"{run_dir / 'train.log'}")
-    return _read_json(run_dir / "summary.json")
+    return read_summary(run_dir)
 
 
 def _finished_run(cfg: NinConfig, run_dir: Path) -> dict | None:
     """The summary of a finished run of this very config in run_dir (the job is skipped). A run of another config
     there, left by an earlier and different sweep, is refused rather than mixed in or overwritten."""
-    from omegaconf import OmegaConf
-
-    saved = run_dir / "config.yaml"
-    if not saved.exists():
+    try:
+        saved = read_yaml(run_dir / "config.yaml")
+    except FileNotFoundError:
         return None
-    if OmegaConf.to_container(OmegaConf.load(saved)) != to_dict(cfg):
+    if saved != to_dict(cfg):
         raise ConfigError(f"{run_dir} holds a run of another config (an earlier sweep?); sweep into a new "
                           "hydra.sweep.dir")
-    return _read_json(run_dir / "summary.json")
+    return read_summary(run_dir)
 
 
 def record_failure(run_dir: Path, reason: str, exit_code: int) -> float:
-    from nin_cli.runs import write_json
-
     reason = one_line(reason)  # one line in the summary, whatever the error said
     log.error("job %s failed: %s", run_dir, reason)
-    write_json(run_dir / FAILURE, {"reason": reason, "exit_code": exit_code,
-                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_outcome(run_dir, "failed", reason, exit_code)
     return math.inf  # a number, so a sampler records the trial and steers away from what failed
 
 
 # ---------------------------------------------------------------------------------------------- the summary
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """Every job directory under a sweep directory (whatever hydra.sweep.subdir made them), in natural order."""
-    found = [p.parent.parent for p in Path(sweep_dir).glob("**/.hydra/overrides.yaml")]
-
-    def key(path: Path) -> list:
-        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.relative_to(sweep_dir).as_posix())]
-
-    return sorted(found, key=key)
-
-
-def _load_yaml(path: Path) -> Any:
-    import yaml
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        return OmegaConf.load(path)
-    except (OSError, yaml.YAMLError, OmegaConfBaseException):
-        return None
-
-
 def read_job(sweep_dir: Path, run_dir: Path) -> JobRow:
-    overrides = [str(o) for o in _load_yaml(run_dir / ".hydra" / "overrides.yaml") or []]
+    overrides = read_overrides(run_dir)
     row = JobRow(run_dir.relative_to(sweep_dir).as_posix(), overrides, "unfinished")
-    failure, summary = _read_json(run_dir / FAILURE), _read_json(run_dir / "summary.json")
-    pruned = _read_json(run_dir / PRUNED)
-    if failure is not None:
-        code = failure.get("exit_code")
-        row.status, row.reason = "failed", one_line(str(failure.get("reason", "")), 300)  # text from a file
-        row.exit_code = code if isinstance(code, int) and not isinstance(code, bool) and 0 < code < 256 else 1
-    elif pruned is not None:  # a search stopped it: its validation error was behind the other trials'
-        row.status, row.best_val_error = "pruned", pruned.get("best_val_error")
-        row.reason = f"pruned after epoch {pruned.get('epoch')}"
+    outcome, summary = read_outcome(run_dir), read_summary(run_dir)
+    if outcome is not None and outcome.status == "pruned":  # a search stopped it: behind the other trials
+        row.status, row.best_val_error, row.reason = "pruned", outcome.best_val_error, outcome.reason
+    elif outcome is not None:
+        row.status, row.reason, row.exit_code = "failed", outcome.reason, outcome.exit_code or 1
     elif summary is not None:
-        row.status = "done"
-        row.best_val_error, row.test_error = summary.get("best_val_error"), summary.get("test_error")
-        row.params, row.wall_time_s = summary.get("params"), summary.get("wall_time_s")
-        row.metrics = numeric_metrics(summary)
+        row.status, row.metrics = "done", numeric_metrics(summary)
+        row.best_val_error, row.test_error = row.metrics.get("best_val_error"), row.metrics.get("test_error")
+        row.wall_time_s = row.metrics.get("wall_time_s")
+        params = row.metrics.get("params")
+        row.params = int(params) if params is not None else None
     else:
-        metrics = run_dir / "metrics.jsonl"
-        epochs = sum(1 for line in metrics.read_text().splitlines() if line.strip()) if metrics.exists() else 0
+        epochs = len(read_metrics(run_dir, running=True))
         row.reason = (f"{epochs} epoch(s) done" if epochs else "stopped mid-epoch" if (
             run_dir / "checkpoints" / "last.pt").exists() else "not started, or stopped before a checkpoint")
         row.reason += "; re-run the sweep to resume"
     seed = override_values(overrides).get(SEED_KEY)
-    row.seed = seed if seed is not None else str((summary or {}).get("seed", ""))
+    row.seed = seed if seed is not None else one_line(str((summary or {}).get("seed", "")), 20)
     return row
 
 
@@ -440,60 +417,18 @@ def _swept_keys(sweep_dir: Path) -> frozenset[str]:
     stopped after its first job still shows what it sweeps."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
-    cfg = _load_yaml(sweep_dir / "multirun.yaml")
     try:
-        params = cfg.hydra.sweeper.get("params") or {}
-        lines = [f"{k}={v}" for k, v in params.items()] + list(cfg.hydra.overrides.task)
+        hydra = read_yaml(sweep_dir / "multirun.yaml").get("hydra") or {}
+        params = hydra["sweeper"].get("params") or {}
+        lines = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in hydra["overrides"]["task"]]
         parsed = OverridesParser.create().parse_overrides(lines)
-    except (AttributeError, HydraException, OmegaConfBaseException):  # no multirun.yaml (Optuna) or not Hydra's
+    except (FileNotFoundError, AttributeError, KeyError, TypeError, HydraException):  # none (Optuna), not Hydra's
         return frozenset()
     return frozenset(o.get_key_element().removeprefix("++") for o in parsed if o.is_sweep_override())
 
 
 # ------------------------------------------------------------------------------------------ seeds aggregated
-
-
-SEED_KEY = "trainer.seed"
-# Settings that never make two runs different experiments: the seed, and where a run was resumed from.
-NOT_SETTINGS = frozenset({SEED_KEY, "resume"})
-# summary.json metrics in this order first, then any others alphabetically.
-METRIC_ORDER = ("best_val_error", "test_error", "best_test_error", "test_loss", "final_train_loss", "wall_time_s",
-                "images_per_s", "epochs", "steps", "best_epoch", "params")
-T = TypeVar("T")
-_STATS_ROW = Row("", "", "", 0.0, "")
-
-
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation over seeds, exactly as the paper table computes them (report.py's `Line`):
-    (None, None) for no value, no standard deviation from one."""
-    line = Line(_STATS_ROW, runs=[RunRecord(Path(), "", "done", test_error=v) for v in values])
-    return line.mean, line.std
-
-
-def numeric_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    """The numbers of a summary.json (not the seed, not booleans), in METRIC_ORDER then alphabetically."""
-    found = {k: v for k, v in summary.items()
-             if k != "seed" and isinstance(v, int | float) and not isinstance(v, bool)}
-    return {k: found[k] for k in sorted(found, key=lambda k: (METRIC_ORDER.index(k) if k in METRIC_ORDER
-                                                              else len(METRIC_ORDER), k))}
-
-
-def override_values(overrides: list[str]) -> dict[str, str]:
-    """`key=value` overrides as a dict; `+key` and `++key` count as `key`."""
-    return {k.lstrip("+"): v for k, _, v in (o.partition("=") for o in overrides)}
-
-
-def group_by_seed(items: list[T], settings: Callable[[T], Mapping[str, Any]]) -> list[list[T]]:
-    """Items whose settings (overrides, or a flattened config) differ only in trainer.seed (or resume), in the order
-    each group first appears."""
-    groups: dict[str, list[T]] = {}
-    for item in items:
-        key = json.dumps({k: v for k, v in settings(item).items() if k not in NOT_SETTINGS}, sort_keys=True,
-                         default=str)
-        groups.setdefault(key, []).append(item)
-    return list(groups.values())
 
 
 @dataclass
@@ -650,7 +585,7 @@ def _markdown(sweep_dir: Path, rows: list[JobRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_summary(sweep_dir: Path) -> tuple[list[JobRow], list[SeedGroup]]:
+def read_sweep(sweep_dir: Path) -> tuple[list[JobRow], list[SeedGroup]]:
     """Every job of the sweep, and the jobs grouped over trainer.seed."""
     sweep_dir = Path(sweep_dir)
     dirs = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
@@ -671,7 +606,7 @@ def _write_summary(sweep_dir: Path) -> tuple[list[JobRow], list[SeedGroup]]:
     """summary.csv and summary.md (with an "Over seeds" section when some jobs differ only in trainer.seed), and
     summary_seeds.csv (always: one row per group, single jobs too)."""
     refuse_unsafe_tree(sweep_dir, "sweep directory")  # someone else's: its summary.csv may be a link
-    rows, groups = read_summary(sweep_dir)
+    rows, groups = read_sweep(sweep_dir)
     _write_csv(sweep_dir / "summary.csv", rows)
     _write_seeds_csv(sweep_dir / "summary_seeds.csv", groups)
     markdown = _markdown(sweep_dir, rows)

@@ -10,7 +10,6 @@ synchronisation per step on a GPU (non-finite losses are then caught at the inte
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -49,22 +48,25 @@ from nin_cli.errors import (
     PeerFailed,
 )
 from nin_cli.faults import inject
-from nin_cli.files import one_line
+from nin_cli.files import number, one_line, read_json
 from nin_cli.finetune import prepare_model
 from nin_cli.maps import log_class_maps
 from nin_cli.metrics import evaluate, evaluation_sums, metrics_from_sums
 from nin_cli.model import build_model
+from nin_cli.results import read_metrics
 from nin_cli.resume import checkpoint_payload, restore, resume_source
 from nin_cli.runs import (
     RunPaths,
     append_metrics,
     epoch_progress,
     progress_mode,
+    record_provenance,
     remove_stale_temps,
     run_dir_lock,
     truncate_events,
     truncate_metrics,
     write_json,
+    write_run_files,
 )
 from nin_cli.runtime import (
     autocast,
@@ -495,8 +497,6 @@ def train_run(cfg: NinConfig, run_dir: Path) -> dict:
     config.yaml and provenance.json, then `fit`. After a collapse, with `trainer.collapse_restarts=N`, the run starts
     again from scratch with the next seed, at most N times; each restart is recorded in RUN/restarts.json (so a
     resume continues the right attempt), summary.json and provenance.json."""
-    from nin_cli.hydra_app import record_provenance, write_run_files
-
     restarts_file = run_dir / "restarts.json"
     restarts = read_restarts(restarts_file)
     first = None
@@ -529,14 +529,12 @@ def train_run(cfg: NinConfig, run_dir: Path) -> dict:
 
 
 def read_restarts(path: Path) -> list[dict]:
-    import json
-
     try:
-        restarts = json.loads(path.read_text())
+        restarts = read_json(path, expect=list)
     except FileNotFoundError:
         return []
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: unreadable ({one_line(err, 120)}); repair or remove it") from None
+    except DataError as err:
+        raise DataError(f"{err}; repair or remove it") from None
     if not isinstance(restarts, list) or not all(isinstance(r, dict) and isinstance(r.get("seed"), int)
                                                  for r in restarts):
         raise DataError(f"{path}: not a list of restarts; repair or remove it")
@@ -609,9 +607,8 @@ def final_summary(model: nn.Module, data: Data, cfg: NinConfig, state: TrainStat
         best = build_model(cfg.model, cfg.head, data.image_shape, data.num_classes).to(data.test.images.device)
         best.load_state_dict(load_checkpoint(paths.best)["model"])
         best_test = evaluate(best, data.test, data.preprocessing, tr.eval_batch_size, False, amp)["error"]
-    text = paths.metrics.read_text(errors="replace") if paths.metrics.exists() else ""  # none: stopped in epoch 1
-    rows = [line for line in text.splitlines() if line.strip()]
-    speeds = [json.loads(line)["images_per_s"] for line in rows]
+    rows = read_metrics(paths.root)  # none: stopped in epoch 1; a row may lack a value (null): typed by `number`
+    speeds = [v for v in (number(row.get("images_per_s")) for row in rows) if v is not None]
     summary = {
         "experiment": cfg.experiment, "dataset": cfg.dataset.name, "model": cfg.model.name, "head": cfg.head.type,
         "epochs": state.epoch, "steps": state.step, "stopped_early": state.stopped_early,
@@ -623,7 +620,7 @@ def final_summary(model: nn.Module, data: Data, cfg: NinConfig, state: TrainStat
         "device": str(data.train.images.device), "seed": tr.seed, "stopped_because": state.stopped_because,
     }
     if rows:
-        summary["final_train_loss"] = json.loads(rows[-1])["train_loss"]
+        summary["final_train_loss"] = number(rows[-1].get("train_loss"))
     log.info("done: test error %.2f%% (final model)%s, %.1fs", test["error"],
              f", {best_test:.2f}% (best on val, epoch {state.best_epoch})" if best_test is not None else "",
              wall_time)

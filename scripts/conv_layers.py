@@ -20,7 +20,7 @@ from torch import nn
 
 def conv_inputs(overrides: list[str]) -> list[tuple[str, nn.Conv2d, list[int]]]:
     """(paper name, conv, input shape of one image) for every conv of the configured model."""
-    from nin_cli.config import load_config
+    from nin_cli.overrides import load_config
     from nin_cli.model import build_model
 
     cfg = load_config(overrides)

@@ -37,7 +37,7 @@ def epoch_rate(split, preprocessing: dict, cfg, epoch: int) -> float:
 def main(overrides: list[str]) -> dict:
     import torch
 
-    from nin_cli.config import load_config
+    from nin_cli.overrides import load_config
     from nin_cli.data import Split, load_data
     from nin_cli.runtime import resolve_device
 

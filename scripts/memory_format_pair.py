@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from nin_cli.bench import BenchOptions, bench_config, build_pipelines, matmul_peaks, time_nin_train
-from nin_cli.config import load_config
+from nin_cli.overrides import load_config
 from nin_cli.runtime import tune_malloc
 
 

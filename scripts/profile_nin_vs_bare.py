@@ -14,7 +14,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from nin_cli.bench import BenchOptions, bench_config, build_pipelines, time_bare_train, time_nin_train
-from nin_cli.config import load_config
+from nin_cli.overrides import load_config
 from nin_cli.runtime import tune_malloc
 
 

@@ -40,7 +40,7 @@ def measure(folder: Path) -> dict:
     import torch
     from torchvision import datasets
 
-    from nin_cli.config import load_config
+    from nin_cli.overrides import load_config
     from nin_cli.data import load_data
 
     split_list = {s: [url, name, calculate_md5(str(folder / name))]

@@ -8,7 +8,7 @@ Pure Python only: torch must not start its OpenMP threads in a process that fork
 import sys
 
 if "pytest" not in sys.modules:
-    from nin_cli.config import load_config
+    from nin_cli.overrides import load_config
     from nin_cli.runs import resume_overrides
 
     load_config(resume_overrides(["dataset=synthetic", "trainer.epochs=1"]))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nin_cli.bench import BenchOptions, bench_config, build_pipelines, time_nin_train
-from nin_cli.config import load_config
+from nin_cli.overrides import load_config
 from nin_cli.runs import RunPaths
 from nin_cli.runtime import tune_malloc
 from nin_cli.state import Loop, NullWriter

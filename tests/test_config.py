@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_subprocess
-from nin_cli.config import compose, group_options, load_config, to_config
+from nin_cli.config import to_config
 from nin_cli.errors import ConfigError
 from nin_cli.model import block_widths
+from nin_cli.overrides import compose, group_options, load_config
 
 
 def test_default_is_the_papers_cifar10_nin():

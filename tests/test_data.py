@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from nin_cli.config import load_config
 from nin_cli.data import Split, load_data, to_input, train_batches, translate_and_flip
 from nin_cli.datasets import read_dataset
+from nin_cli.overrides import load_config
 
 CPU = torch.device("cpu")
 

@@ -141,9 +141,7 @@ def test_sigterm_to_the_launcher_reaches_every_worker_once(tmp_path):
                              "schedule=constant", "trainer.devices=2", f"hydra.run.dir={run}"], cwd=tmp_path,
                             env=os.environ.copy(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:  # training is under way
-        time.sleep(0.2)
+    wait_until_training(proc, run / "checkpoints" / "last.pt")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
@@ -152,3 +150,43 @@ def test_sigterm_to_the_launcher_reaches_every_worker_once(tmp_path):
     state = load_checkpoint(run / "checkpoints" / "last.pt")["state"]
     assert 0 < state["epoch"] < 1000 and not (run / "summary.json").exists()
     assert len(metric_rows(run)) == state["epoch"]  # one row per finished epoch, written once
+
+
+def wait_until_training(proc, ready: Path, limit: float = 120) -> None:
+    """Until `ready` exists (both workers are in the training loop, their handlers installed): a run that ended
+    or never got there fails here with its output, not later as a puzzling exit code."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while not ready.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before {ready} was written: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {ready} after {limit:g} s: {proc.communicate()[1]}")
+        time.sleep(0.1)
+
+
+def test_a_signal_handled_while_the_processes_agree_is_kept_for_the_next_step(monkeypatch):
+    """The handler may run while a process waits in the all-reduce that agrees on stopping: the agreement (no stop,
+    the other process had none) must not overwrite this process's own request, so the next step stops."""
+    import signal
+    from types import SimpleNamespace
+
+    import torch.distributed as tdist
+
+    from nin_cli.state import StopRequest
+    from nin_cli.train import stop_requested
+
+    loop = SimpleNamespace(stop=StopRequest(), dist=Dist(rank=0, world_size=2))
+    calls = []
+
+    def all_reduce(flag, op=None, group=None):  # the peer had no signal; ours arrives during the wait
+        calls.append(int(flag.item()))
+        if len(calls) == 1:
+            loop.stop.signum = signal.SIGTERM
+
+    monkeypatch.setattr(tdist, "all_reduce", all_reduce)
+    assert stop_requested(loop) is False and loop.stop.signum == signal.SIGTERM
+    assert stop_requested(loop) is True
+    assert calls == [0, signal.SIGTERM] and loop.stop.agreed == signal.SIGTERM == loop.stop.reason

@@ -11,9 +11,10 @@ import torch
 from sklearn.metrics import confusion_matrix, log_loss, top_k_accuracy_score
 
 from conftest import FAST
-from nin_cli.config import load_config, to_config, to_dict
+from nin_cli.config import to_config, to_dict
 from nin_cli.data import load_data
 from nin_cli.model import build_model
+from nin_cli.overrides import load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

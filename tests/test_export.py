@@ -228,9 +228,9 @@ def test_each_kind_s_recipe_gives_the_model_s_inputs(tmp_path, kind):
     `apply_preprocessing` output to 1e-6 (GCN+ZCA: 3e-5, see RECIPE_TOLERANCE); the float16 rounding the GCN
     recipes name gives `to_input`'s inputs (what the exported model is fed): 99 % bit for bit, the rest within one
     float16 step."""
-    from nin_cli.config import load_config
     from nin_cli.data import Split, fit_preprocessing, to_input
     from nin_cli.export import preprocessing_for_json
+    from nin_cli.overrides import load_config
     from nin_cli.preprocess import apply_preprocessing
 
     generator = torch.Generator().manual_seed(3)

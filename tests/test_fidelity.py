@@ -12,7 +12,7 @@ import torch
 
 from conftest import FAST, REPO
 from nin_cli import config
-from nin_cli.config import load_config
+from nin_cli.overrides import load_config
 
 PAPER_PRESETS = sorted(p.relative_to(REPO / "conf" / "experiment").with_suffix("").as_posix()
                        for p in (REPO / "conf" / "experiment").rglob("*.yaml")

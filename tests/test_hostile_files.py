@@ -322,7 +322,7 @@ def eval_out_under_proc(ctx):
 def _bug(ctx):
     def broken(overrides):
         raise KeyError("oops")
-    ctx.monkeypatch.setattr("nin_cli.config.load_config", broken)
+    ctx.monkeypatch.setattr("nin_cli.overrides.load_config", broken)
 
 
 @case
@@ -684,7 +684,8 @@ print(codes, "torch" in sys.modules)
 
 
 def test_resume_from_a_lone_checkpoint_uses_its_stored_config(nin, tiny_run, tmp_path):
-    from nin_cli.config import load_config, to_dict
+    from nin_cli.config import to_dict
+    from nin_cli.overrides import load_config
 
     lone = tmp_path / "lone.pt"
     shutil.copy(tiny_run / "checkpoints" / "last.pt", lone)

@@ -195,7 +195,7 @@ def test_a_bug_before_training_is_one_line_naming_the_crash_log(nin, tmp_path, m
     def broken(overrides):
         raise KeyError("oops")
 
-    monkeypatch.setattr("nin_cli.config.load_config", broken)
+    monkeypatch.setattr("nin_cli.overrides.load_config", broken)
     result = nin("train")
     assert result.code == 1 and len(result.err_lines) == 1, result.err
     assert result.err_lines[0].startswith("nin: internal error (KeyError); traceback in ")

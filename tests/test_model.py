@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nin_cli.config import load_config
 from nin_cli.model import block_stats, build_model
+from nin_cli.overrides import load_config
 
 PRESETS = [  # (overrides, image shape, classes, parameters from paper.md)
     (["model=nin_cifar10"], [3, 32, 32], 10, 966_986),

@@ -10,7 +10,7 @@ import torch
 
 import nin_cli.runtime as runtime
 from conftest import FAST
-from nin_cli.config import load_config
+from nin_cli.overrides import load_config
 from nin_cli.runtime import autocast_dtype, cpu_flags, describe_precision, resolve_precision, with_precision
 
 CPU = torch.device("cpu")

@@ -46,8 +46,8 @@ def ckpt(tmp_path_factory) -> Path:
 def test_pngs(ckpt, tmp_path_factory) -> tuple[list[Path], torch.Tensor, torch.Tensor]:
     """The first 12 digits test images as 8×8 grey PNGs (lossless: the files hold training's exact uint8), in a
     folder with a sub-folder (found recursively); sorted names, so the folder's order is the test split's."""
-    from nin_cli.checkpoint import load_trained
     from nin_cli.data import raw_test_images
+    from nin_cli.trained import load_trained
 
     test = raw_test_images(load_trained(ckpt, device="cpu").cfg.dataset, 12)
     raw = test.images
@@ -63,9 +63,9 @@ def test_pngs(ckpt, tmp_path_factory) -> tuple[list[Path], torch.Tensor, torch.T
 
 def eval_probs(ckpt: Path, raw: torch.Tensor, tta: bool) -> torch.Tensor:
     """What `nin eval` computes for these images: its own model loading and scoring function."""
-    from nin_cli.checkpoint import load_trained
     from nin_cli.data import Split
     from nin_cli.metrics import predict_log_probs
+    from nin_cli.trained import load_trained
 
     trained = load_trained(ckpt, device="cpu")
     split = Split(raw, torch.zeros(len(raw), dtype=torch.int64))

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import FAST
-from nin_cli.config import config_dir, group_options, load_config, to_config
+from nin_cli.config import to_config
 from nin_cli.model import LocallyConnected2d, build_model
+from nin_cli.overrides import config_dir, group_options, load_config
 from nin_cli.report import ROW_BY_KEY
 from nin_cli.schedule import build_optimizer, lr_multiplier, update_plateau
 from nin_cli.state import TrainState

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from nin_cli import reproduce
-from nin_cli.config import load_config
 from nin_cli.errors import CollapsedError, ConfigError, DataError, DivergedError
+from nin_cli.overrides import load_config
 from nin_cli.reproduce import finished, plan, run_one, smoke_subset
 
 
@@ -111,7 +111,8 @@ def test_outcomes_are_recorded_and_only_missing_data_is_retried(tmp_path, monkey
     monkeypatch.setattr(reproduce, "_train", fail)
     run = plan("smoke", ["paper_mnist"], None, tmp_path)[0]
     assert run_one(run) == (status, str(error))
-    assert json.loads((run.run_dir / "outcome.json").read_text()) == {"status": status, "message": str(error)}
+    outcome = json.loads((run.run_dir / "outcome.json").read_text())
+    assert (outcome["status"], outcome["reason"], outcome["exit_code"]) == (status, str(error), error.exit_code)
     assert json.loads((run.run_dir / "reproduce.json").read_text())["command"] == run.command
     assert finished(run.run_dir) is done
 

@@ -221,16 +221,17 @@ def test_a_damaged_last_checkpoint_falls_back_to_best_or_exits_3(nin, tmp_path, 
     assert result.code == 3 and "no complete checkpoint to resume from" in result.err_lines[-1]
 
 
-def test_best_written_after_last_is_the_newest(tmp_path, one_epoch):
-    """A crash between an epoch end's two saves (best.pt first, then last.pt) resumes from best.pt."""
+def test_a_newer_file_date_alone_does_not_choose_the_checkpoint(tmp_path, one_epoch):
+    """Both files hold the same save (epoch 1): last.pt, even when best.pt was touched later. Which of two saves is
+    later is told by the (epoch, step) inside (tests/test_nothing_silent.py)."""
     from nin_cli.resume import newest_checkpoint
     from nin_cli.runs import RunPaths
 
     run = copy_run(one_epoch, tmp_path / "run")
     paths = RunPaths(run)
     assert newest_checkpoint(paths)[0] == paths.last
-    os.utime(paths.best, ns=(paths.last.stat().st_mtime_ns + 1,) * 2)
-    assert newest_checkpoint(paths)[0] == paths.best
+    os.utime(paths.best, ns=(paths.last.stat().st_mtime_ns + 10**9,) * 2)
+    assert newest_checkpoint(paths)[0] == paths.last
 
 
 def test_a_resume_cuts_metrics_and_events_back_to_the_checkpoint(tmp_path):

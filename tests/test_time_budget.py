@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import nin_cli.schedule as schedule
-from nin_cli.config import ScheduleConfig, load_config
+from nin_cli.config import ScheduleConfig
+from nin_cli.overrides import load_config
 from nin_cli.schedule import lr_multiplier, step_multipliers
 from nin_cli.state import TrainState
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import FAST
-from nin_cli.config import ScheduleConfig, load_config
+from nin_cli.config import ScheduleConfig
+from nin_cli.overrides import load_config
 from nin_cli.schedule import build_optimizer, lr_multiplier, update_plateau
 from nin_cli.state import TrainState
 from test_resume import restore_torch_threads  # noqa: F401  (autouse: in-process runs set torch's threads)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from conftest import FAST
-from nin_cli.config import compose
+from nin_cli.overrides import compose
 
 
 def rows(run: Path) -> list[dict]:
@@ -109,7 +109,8 @@ def test_version_and_hydra_habits_get_one_line_pointers(nin):
 
 
 def test_help_lists_every_config_group_and_its_options(nin):
-    from nin_cli.config import GROUPS, group_options
+    from nin_cli.config import GROUPS
+    from nin_cli.overrides import group_options
 
     for args in (["--help"], ["train", "--help"], ["sweep", "--help"]):
         text = " ".join(nin(*args).out.split())
@@ -127,7 +128,7 @@ def _nin_output(args: list[str], env: dict) -> str:
 
 def test_shell_completion_of_commands_groups_options_and_keys():
     """The protocol the installed completion scripts speak: the line goes in through the environment."""
-    from nin_cli.config import group_options
+    from nin_cli.overrides import group_options
 
     def bash(line: str) -> list[str]:  # bash hands over the words split at spaces and at '='
         cword = len(line.split()) - (0 if line.endswith(" ") else 1)

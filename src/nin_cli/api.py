@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from nin_cli.checkpoint import Trained
+    from nin_cli.trained import Trained
 
 __all__ = ["train", "load", "evaluate", "predict", "read_run"]
 
@@ -60,9 +60,9 @@ def train(overrides: Sequence[str], run_dir: Path | str | None = None) -> dict[s
     that holds an unfinished run continues it, as `nin train hydra.run.dir=DIR` does. The config is validated
     before anything is created (ConfigError). One process only: `trainer.devices > 1` needs `nin train`.
     """
-    from nin_cli.config import load_config
     from nin_cli.errors import ConfigError
     from nin_cli.hydra_app import hydra_run
+    from nin_cli.overrides import load_config
     from nin_cli.runs import resume_overrides
 
     if run_dir is not None and any(o.lstrip("+").startswith("hydra.run.dir=") for o in overrides):
@@ -89,12 +89,12 @@ def _quoted(path: Path | str) -> str:
 def load(checkpoint: Path | str, device: str | None = None, weights: str = "auto") -> Trained:
     """The model of a checkpoint, rebuilt from the file alone through nin's safe loader, in eval mode.
 
-    Returns a `nin_cli.checkpoint.Trained`: `.model` (a torch module taking preprocessed float32 N×C×H×W
+    Returns a `nin_cli.trained.Trained`: `.model` (a torch module taking preprocessed float32 N×C×H×W
     batches), `.classes`, `.image_shape` ([C, H, W]), `.preprocessing` (the constants training fitted), `.cfg`
     (the run's config). `device`: default the run's trainer.device; `weights`: auto | ema | raw (auto: the moving
     average when the checkpoint has one).
     """
-    from nin_cli.checkpoint import load_trained
+    from nin_cli.trained import load_trained
 
     return load_trained(checkpoint, device=device, weights=weights)
 
@@ -115,9 +115,9 @@ def predict(checkpoint: Path | str | Trained, images: torch.Tensor, batch_size: 
     Pass `load(...)`'s result instead of a path to load the checkpoint once for many calls."""
     import torch
 
-    from nin_cli.checkpoint import Trained
     from nin_cli.data import Split
     from nin_cli.metrics import predict_log_probs
+    from nin_cli.trained import Trained
 
     trained = checkpoint if isinstance(checkpoint, Trained) else load(checkpoint)
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:

@@ -52,7 +52,7 @@ def test_images(trained, count: int) -> tuple[torch.Tensor, list[str]]:
 def cam_command(path: Path, images: list[Path], top: int, out: Path | None, test: int = 0) -> None:
     """`nin cam`: cam.png and cam.json under `out` (default: next to the checkpoint), predictions printed.
     `test` > 0 shows that many test images of the checkpoint's dataset instead of (or after) image files."""
-    from nin_cli.checkpoint import load_trained
+    from nin_cli.trained import load_trained
 
     trained = load_trained(path, device="cpu")
     if trained.cfg.head.type != "gap":

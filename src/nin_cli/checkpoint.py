@@ -19,7 +19,6 @@ hash. `load_trained` adds: no NaN or inf in the weights, and a stored config tha
 
 from __future__ import annotations
 
-import copy
 import errno
 import hashlib
 import io
@@ -33,13 +32,12 @@ import zipfile
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
-from nin_cli.errors import ConfigError, DataError, NinError, UnsafeFileError
+from nin_cli.errors import DataError, UnsafeFileError
 from nin_cli.faults import inject
 from nin_cli.files import one_line
 
@@ -391,125 +389,3 @@ def _check_record(path: Path, record: Any) -> dict:
         raise DataError(f"{path}: integrity check failed (content hash mismatch): the file is corrupt")
     record["sha256"] = expected
     return record
-
-
-# ------------------------------------------------------------------------------------- model from checkpoint
-
-
-@dataclass
-class Trained:
-    """A checkpoint turned back into a model (eval mode), with everything needed to feed it."""
-
-    path: Path
-    cfg: Any  # NinConfig: the checkpoint's config with the command line's overrides applied
-    model: Any  # NIN
-    classes: list[str]
-    image_shape: list[int]
-    preprocessing: dict
-    record: dict
-    weights: str = "raw"  # which weights the model holds: the raw ones or their moving average ("ema")
-
-
-def checkpoint_config(stored: dict, overrides: list[str]) -> Any:
-    """The checkpoint's resolved config with Hydra-grammar overrides on top: `group=option` swaps in that option
-    from conf/, `key=value` / `+key=value` set a value. Validated like `nin train`'s (exit 2)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-
-    from nin_cli.config import GROUPS, check_overrides, compose, to_config
-
-    check_overrides(overrides)
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except (HydraException, RecursionError) as err:
-        raise ConfigError(f"bad override: {one_line(err, 300) or 'nested too deeply'}") from None
-    for o in parsed:
-        if o.is_delete():
-            raise ConfigError(f"'{o.input_line}': removing keys does not apply to a trained model's config")
-    node = copy.deepcopy(stored)
-    groups = [o for o in parsed if o.key_or_group in GROUPS]
-    if any(o.key_or_group == "experiment" for o in groups):
-        raise ConfigError("experiment=... describes a training run; override the keys to change instead")
-    if groups:
-        composed = OmegaConf.to_container(compose([o.input_line for o in groups]), resolve=True)
-        node.update({o.key_or_group: composed[o.key_or_group] for o in groups})
-    tree = OmegaConf.create(node)
-    for o in parsed:
-        if o.key_or_group not in GROUPS:
-            OmegaConf.update(tree, o.key_or_group, o.value(), merge=False, force_add=True)
-    return to_config(OmegaConf.to_container(tree))
-
-
-def _refuse_non_finite(path: Path, state: dict) -> None:
-    """Weights or buffers with NaN or inf give meaningless outputs (training never saves them: a file that has
-    them was damaged or made elsewhere)."""
-    bad = [name for name, t in state.items()
-           if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-        raise DataError(f"{path}: non-finite weights (NaN or inf in {bad[0]}{more}); the file is not a usable model")
-
-
-WEIGHTS = ("auto", "ema", "raw")
-
-
-def chosen_weights(record: dict, choice: str, path: Path) -> tuple[dict, str]:
-    """The state dict `choice` asks for: the moving average when the checkpoint has one (auto, ema) or the raw
-    weights (raw, or auto without one); `--weights ema` on a checkpoint without it is a config error."""
-    if choice not in WEIGHTS:
-        raise ConfigError(f"--weights {choice}: must be one of {', '.join(WEIGHTS)}")
-    ema = record.get("ema")
-    if choice == "raw" or (choice == "auto" and not isinstance(ema, dict)):
-        return record["model"], "raw"
-    if not isinstance(ema, dict):
-        raise ConfigError(f"--weights ema: {path} holds no moving average (it was trained without trainer.ema_decay)")
-    return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}, "ema"
-
-
-def load_trained(path: str | Path, overrides: list[str] | tuple[str, ...] = (), device: str | None = None,
-                 weights: str = "auto") -> Trained:
-    """Rebuild the model from a checkpoint alone (through `load_checkpoint`), in eval mode on `device`
-    (default: the config's trainer.device, which overrides may change), with the `weights` chosen: the moving
-    average when the checkpoint has one (`auto`), else the raw weights."""
-    from nin_cli.model import build_model
-    from nin_cli.runtime import resolve_device
-
-    path = Path(path)
-    record = load_checkpoint(path)
-    data = record.get("data")
-    if not isinstance(record.get("config"), dict) or not isinstance(record.get("model"), dict) or not (
-            isinstance(data, dict) and {"classes", "image_shape", "preprocessing"} <= set(data)):
-        raise DataError(f"{path}: a nin checkpoint without its config, weights or data description")
-    state, kind = chosen_weights(record, weights, path)
-    _refuse_non_finite(path, state)
-    try:
-        cfg = checkpoint_config(record["config"], list(overrides))
-    except ConfigError as err:
-        if overrides:
-            raise
-        raise DataError(f"{path}: its stored config is not valid ({err})") from None
-    classes, shape = list(data["classes"]), list(data["image_shape"])
-
-    def rebuild(model_cfg: Any, head_cfg: Any) -> Any:
-        model = build_model(model_cfg, head_cfg, shape, len(classes))
-        model.load_state_dict(state)
-        return model
-
-    try:
-        model = rebuild(cfg.model, cfg.head)
-    except (RuntimeError, ValueError, TypeError) as err:
-        problem = one_line(err, 160)
-        try:  # whose fault: the command line's (exit 2) only when the stored config fits the weights
-            stored = checkpoint_config(record["config"], []) if overrides else None
-            if stored is not None:
-                rebuild(stored.model, stored.head)
-        except (NinError, RuntimeError, ValueError, TypeError):
-            stored = None
-        if stored is not None:
-            raise ConfigError(f"{path}: cannot rebuild the model (the overrides change the model: {problem})"
-                              ) from None
-        raise DataError(f"{path}: cannot rebuild the model (its config does not match its weights: {problem}); "
-                        "the file is not what it claims") from None
-    target = torch.device(device) if device else resolve_device(cfg.trainer.device)
-    return Trained(path, cfg, model.to(target).eval(), classes, shape, data["preprocessing"], record, kind)

@@ -16,7 +16,8 @@ from nin_cli.files import one_line
 
 def _groups_epilog() -> str:
     """The config groups and their options, for --help (read from conf/, so a new preset shows up by itself)."""
-    from nin_cli.config import GROUPS, group_options
+    from nin_cli.config import GROUPS
+    from nin_cli.overrides import group_options
 
     return "Config groups (OVERRIDES: group=option, key=value): " + "; ".join(
         f"{group}= {', '.join(group_options(group))}" for group in GROUPS) + "."
@@ -29,7 +30,7 @@ class OverridesCommand(typer.core.TyperCommand):
     def shell_complete(self, ctx: typer.Context, incomplete: str) -> list:
         from click.shell_completion import CompletionItem
 
-        from nin_cli.config import completions
+        from nin_cli.overrides import completions
 
         items = super().shell_complete(ctx, incomplete)
         if incomplete.startswith("-"):
@@ -64,7 +65,7 @@ def train(ctx: typer.Context,
           as_json: bool = typer.Option(False, "--json", help="Print summary.json's content as one JSON object on "
                                                              "stdout (the log stays on stderr).")) -> None:
     """Train one model: nin train [OVERRIDES...], e.g. dataset=cifar100 model.micro_depth=3."""
-    from nin_cli.config import load_config
+    from nin_cli.overrides import load_config
     from nin_cli.runs import resume_overrides
 
     overrides = resume_overrides(list(ctx.args))  # an existing run continues with its own overrides first
@@ -138,7 +139,8 @@ def info(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=
     """Resolved config, parameters and FLOPs per mlpconv block."""
     from omegaconf import OmegaConf
 
-    from nin_cli.config import compose, to_config, to_dict
+    from nin_cli.config import to_config, to_dict
+    from nin_cli.overrides import compose
 
     cfg = to_config(compose(ctx.args))
     shape, classes = cfg.dataset.image_shape, cfg.dataset.num_classes
@@ -184,7 +186,7 @@ def data(ctx: typer.Context,
     training will see: nin data dataset=svhn [--download] [--json]."""
     import dataclasses
 
-    from nin_cli.config import load_config
+    from nin_cli.overrides import load_config
 
     cfg = load_config(ctx.args)
     from nin_cli.data import describe_data, format_report, progress_to_stderr
@@ -247,6 +249,9 @@ def cam(checkpoint: Path = typer.Argument(..., metavar="CKPT", readable=False,
     """The last mlpconv's per-class confidence maps (before global averaging), overlaid on each image, as PNG."""
     from nin_cli.cam import cam_command
 
+    if out is not None:
+        check_out(out)
+
     cam_command(checkpoint, images or [], top, out, test)
 
 
@@ -298,6 +303,7 @@ def table(run_dirs: list[Path] | None = typer.Argument(None, metavar="RUN_DIRS",
 
     from nin_cli.report import show_table
 
+    check_out(out)  # before --run trains anything
     stream = sys.stderr if as_json else sys.stdout
     console = Console(width=None if stream.isatty() else 150, stderr=as_json)  # piped or logged: don't fold at 80
     if run:
@@ -321,6 +327,15 @@ def table(run_dirs: list[Path] | None = typer.Argument(None, metavar="RUN_DIRS",
         failed = failed_checks(lines)
         if failed:
             raise CheckFailed(f"{len(failed)} row(s) not reproduced: " + "; ".join(failed))
+
+
+def check_out(out: Path) -> None:
+    """An --out folder that cannot be made or written is a command-line error (exit 2), found before any work."""
+    from nin_cli.runs import output_dir_problem
+
+    problem = output_dir_problem(out)
+    if problem:
+        raise ConfigError(f"--out {out}: {problem}; give a writable folder")
 
 
 def seed_slots(text: str | None) -> list[int] | None:
@@ -382,7 +397,7 @@ def bench(ctx: typer.Context,
           peak_size: int = typer.Option(0, "--peak-size", min=0, hidden=True)) -> None:
     """Train/eval images/s of the nin step against a bare PyTorch loop, a DataLoader + PIL pipeline and the
     device's matmul peak, on synthetic images of the configured shape: nin bench [OVERRIDES...] [--json]."""
-    from nin_cli.config import load_config
+    from nin_cli.overrides import load_config
 
     cfg = load_config(ctx.args)
     from nin_cli.bench import BenchOptions, print_report, profile_nin_step, run_bench

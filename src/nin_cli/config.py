@@ -8,15 +8,12 @@ answered before the heavy imports.
 from __future__ import annotations
 
 import difflib
-import os
-import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from pathlib import Path
 from typing import Any
 
-from nin_cli.errors import ConfigError, DataError, UnknownKeyError, UnsafeFileError
+from nin_cli.errors import ConfigError, UnknownKeyError
 from nin_cli.files import one_line
 
 
@@ -59,6 +56,15 @@ class DatasetConfig:
     svhn_extra: bool = True  # SVHN: train on train + extra (the paper) or train alone
     svhn_val_per_class: int = _range(400, lo=0)  # SVHN validation images per class taken from train
     svhn_extra_val_per_class: int = _range(200, lo=0)  # ... and from extra
+    # Image folders: stored at resize × resize (the Caffe zoo's 256), the model sees image_shape crops of them
+    # (training: random-resized crop, evaluation: the centre crop); null: stored at image_shape, used whole.
+    resize: int | None = _range(None, lo=1)
+    # Image folders: decoded once, then read from a uint8 file on disk batch by batch (nin_cli/stream.py) instead
+    # of held whole in memory. auto: when the decoded images exceed stream_above_gb (words, not true/false: Hydra
+    # would read those as booleans).
+    stream: str = _choice("auto", "auto", "always", "never")
+    stream_above_gb: float = _range(8.0, lo=0)
+    workers: int = _range(2, lo=0, hi=64)  # streaming: reader (and one-time decoder) processes
 
 
 @dataclass
@@ -196,17 +202,6 @@ class NinConfig:
 GROUPS = ("dataset", "model", "head", "optim", "schedule", "trainer", "experiment")
 
 
-def config_dir() -> Path:
-    """$NIN_CONFIG_DIR when set (it replaces all of conf/); else the package's own nin_cli/conf (a wheel ships
-    conf/ there); else conf/ at the top of the checkout (an editable install runs from src/nin_cli/)."""
-    env = os.environ.get("NIN_CONFIG_DIR")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent
-    packaged = here / "conf"
-    return packaged if packaged.is_dir() else here.parents[1] / "conf"
-
-
 # ----------------------------------------------------------------------------------------------- validation
 
 
@@ -224,7 +219,7 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
-def _unknown_key(path: str, key: str, known: list[str]) -> UnknownKeyError:
+def unknown_key(path: str, key: str, known: list[str]) -> UnknownKeyError:
     full = f"{path}.{key}" if path else key
     near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f" (did you mean '{full.rsplit('.', 1)[0] + '.' if path else ''}{near[0]}'?)" if near else ""
@@ -301,7 +296,7 @@ def _build(cls: type, node: dict, path: str) -> Any:
     known = [f.name for f in fields(cls)]
     for key in node:
         if key not in known:
-            raise _unknown_key(path, str(key), known)
+            raise unknown_key(path, str(key), known)
     kwargs = {}
     for f in fields(cls):
         sub = f"{path}.{f.name}" if path else f.name
@@ -345,6 +340,7 @@ def _check_consistency(cfg: NinConfig) -> None:
         raise ConfigError(f"dataset.image_shape={shape}: channels, height and width must each be >= 1")
     if shape is not None:
         _check_fits(cfg.model, shape)
+    _check_resources(cfg)
     if cfg.trainer.seed + 1000 * cfg.trainer.collapse_restarts > SEED_MAX:  # train.restart_seed's stride
         raise ConfigError(f"trainer.seed={cfg.trainer.seed}: with trainer.collapse_restarts="
                           f"{cfg.trainer.collapse_restarts} the seeds run past {SEED_MAX} (NumPy's limit)")
@@ -360,16 +356,18 @@ def _check_consistency(cfg: NinConfig) -> None:
         raise ConfigError("trainer.devices > 1 needs CUDA (NCCL) or the CPU (gloo); MPS has no distributed backend")
 
 
-def _check_fits(model: ModelConfig, shape: list[int]) -> None:
+def _check_fits(model: ModelConfig, shape: list[int]) -> list[tuple[list[int], list[int]]]:
     """Each block's k×k layer and pooling leave at least one pixel: the sizes torch computes (conv: floor, pooling:
-    ceil mode), so a model that does not fit the images is a config error, not a crash once training starts."""
-    size = list(shape[1:])
+    ceil mode), so a model that does not fit the images is a config error, not a crash once training starts.
+    Returns each block's map size after its k×k layer and after its pooling."""
+    size, sizes = list(shape[1:]), []
     for i, block in enumerate(model.blocks):
         if any(s + 2 * block.padding < block.kernel for s in size):
             raise ConfigError(f"model does not fit dataset.image_shape={shape}: model.blocks[{i}] gets "
                               f"{size[0]}×{size[1]} maps, smaller than its {block.kernel}×{block.kernel} kernel "
                               f"(padding {block.padding}); use larger images or fewer blocks")
         size = [(s + 2 * block.padding - block.kernel) // block.stride + 1 for s in size]
+        conv = size
         if block.pool != "none":
             k, st = block.pool_kernel, block.pool_stride
             pooled = [(s - k + st - 1) // st + 1 for s in size]
@@ -379,6 +377,77 @@ def _check_fits(model: ModelConfig, shape: list[int]) -> None:
                                   f"{k}×{k} pooling gets {size[0]}×{size[1]} maps and leaves nothing; use larger "
                                   "images or fewer blocks")
             size = pooled
+        sizes.append((conv, size))
+    return sizes
+
+
+# ------------------------------------------------------------------------------------------------ resources
+
+# More memory than any machine nin targets has: a config asking for it is a typo (dataset.size=1e9, a width of
+# 1e7), refused before anything is allocated or written rather than found by the allocator after a run directory
+# exists. Estimates are rough (within a few times); only the clearly absurd is refused.
+MEMORY_LIMIT = 2**40  # bytes (1 TiB)
+TRAIN_SIZES = {"cifar10": 50000, "cifar100": 50000, "mnist": 60000, "svhn": 604388, "digits": 1797}
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**40:.1f} TiB" if n >= 2**40 else f"{n / 2**30:.1f} GiB"
+
+
+def _check_resources(cfg: NinConfig) -> None:
+    """Refuse (exit 2) what could not fit in MEMORY_LIMIT: the synthetic images as they are built, or the model's
+    weights, gradients and optimizer state with one batch's activations."""
+    data, classes = cfg.dataset, cfg.dataset.num_classes or 10  # datasets.py's defaults for synthetic images
+    if data.name == "synthetic":  # float32 noise and prototypes, uint8 images, int64 labels and permutation
+        shape = data.image_shape or [3, 32, 32]
+        need = (data.size + classes) * shape[0] * shape[1] * shape[2] * 9 + data.size * 16
+        if need > MEMORY_LIMIT:
+            raise ConfigError(f"dataset.size={data.size}: {data.size:,} synthetic images of "
+                              f"{'×'.join(map(str, shape))} need about {_gib(need)} of memory to build, more than "
+                              f"{_gib(MEMORY_LIMIT)}; use a smaller dataset.size or dataset.image_shape")
+    shape = data.image_shape
+    if shape is None:  # as the dataset's files say: known once they are read
+        return
+    params, activations = _model_size(cfg.model, cfg.head, shape, classes)
+    size = data.size if data.name == "synthetic" else TRAIN_SIZES.get(data.name)
+    batch = min(cfg.trainer.batch_size, size) if size else cfg.trainer.batch_size
+    # weights, gradients and two optimizer moments (4 × 4 bytes); activations kept for the backward pass (× 2)
+    need = 16 * params + 4 * activations * max(2 * batch, cfg.trainer.eval_batch_size)
+    if need > MEMORY_LIMIT:
+        raise ConfigError(f"the model needs about {_gib(need)} of memory to train ({params:,} parameters, "
+                          f"{activations:,} activations per image, trainer.batch_size={cfg.trainer.batch_size}), "
+                          f"more than {_gib(MEMORY_LIMIT)}; check model.blocks widths, dataset.image_shape="
+                          f"{shape} and dataset.num_classes={classes}")
+
+
+def _model_size(model: ModelConfig, head: HeadConfig, shape: list[int], classes: int) -> tuple[int, int]:
+    """Parameters (weights; biases are too few to matter) and activations per image, layer by layer."""
+    params, activations, channels = 0, 0, shape[0]
+    depth = None if model.arch == "cnn" else model.micro_depth
+    for block, (conv, pooled) in zip(model.blocks, _check_fits(model, shape), strict=True):
+        widths = [classes if w is None else w for w in _block_widths(block.widths, depth)]
+        positions = conv[0] * conv[1]
+        local = positions if block.layer == "local" else 1
+        for i, width in enumerate(widths):
+            params += channels * width * (block.kernel**2 * local if i == 0 else 1)
+            activations += 2 * width * positions  # the layer's output and its ReLU's or batch norm's
+            channels = width
+        activations += 2 * channels * pooled[0] * pooled[1]  # pooling's output and dropout's mask
+    flat = channels * pooled[0] * pooled[1]
+    for width in ([] if head.type == "gap" else [*head.hidden, classes]):
+        params, flat = params + flat * width, width
+    return params, activations
+
+
+def _block_widths(widths: list[int | None], micro_depth: int | None) -> list[int | None]:
+    """model.block_widths without importing torch: the widths a block uses for `micro_depth` 1×1 layers."""
+    if micro_depth is None or micro_depth == len(widths) - 1:
+        return list(widths)
+    if micro_depth == 0:
+        return [widths[-1]]
+    hidden = list(widths[1:-1])
+    filler = hidden[-1] if hidden else widths[0]
+    return [widths[0], *(hidden + [filler] * micro_depth)[: micro_depth - 1], widths[-1]]
 
 
 def to_config(node: Any) -> NinConfig:
@@ -401,322 +470,3 @@ def to_dict(cfg: NinConfig) -> dict:
     from dataclasses import asdict
 
     return asdict(cfg)
-
-
-# ---------------------------------------------------------------------------------------------- composition
-
-
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml")) + sorted(
-        f"{d.name}/{p.stem}" for d in (config_dir() / group).glob("*/") for p in d.glob("*.yaml")
-    )
-
-
-def schema_keys(cls: type = NinConfig, prefix: str = "") -> list[str]:
-    """Every settable dotted key of the schema (lists of blocks are set whole: model.blocks)."""
-    keys = []
-    for f in fields(cls):
-        tp = typing.get_type_hints(cls)[f.name]
-        keys += schema_keys(tp, f"{prefix}{f.name}.") if is_dataclass(tp) else [prefix + f.name]
-    return keys
-
-
-def completions(args: list[str], incomplete: str) -> list[str]:
-    """Shell completion of an override: config groups and schema keys (`dataset=`, `trainer.epochs=`), then a
-    group's options. bash splits words at '=' (the word before the one being completed is then "="); zsh and fish
-    keep `dataset=ci` whole."""
-    if len(args) >= 2 and args[-1] == "=" and args[-2] in GROUPS:
-        return [o for o in group_options(args[-2]) if o.startswith(incomplete)]
-    key, eq, partial = incomplete.partition("=")
-    if eq:
-        return [f"{key}={o}" for o in group_options(key) if o.startswith(partial)] if key in GROUPS else []
-    keys = dict.fromkeys([f"{g}=" for g in GROUPS] + [f"{k}=" for k in schema_keys()])
-    return [k for k in keys if k.startswith(incomplete)]
-
-
-def hydra_error(err: Exception) -> ConfigError:
-    """Turn Hydra's multi-line composition errors into one line naming the key, value and what is allowed."""
-    import yaml
-
-    if isinstance(err, yaml.YAMLError | UnicodeDecodeError):
-        return _broken_config_file(err)
-    if isinstance(err, RecursionError):
-        return ConfigError("bad override or config: nested too deeply to read")
-    from hydra.errors import HydraException, MissingConfigException
-
-    if isinstance(err, OSError) and not isinstance(err, HydraException):  # Hydra looked up a name no file can have
-        return ConfigError(f"bad override or config: Hydra could not look it up as a config file "
-                           f"({err.strerror or type(err).__name__})")
-    if isinstance(err, MissingConfigException) and "/" in (err.missing_cfg_file or ""):
-        return _no_such_option(*err.missing_cfg_file.rsplit("/", 1))
-    # The rest arrive as a bare ConfigCompositionException (hydra-core 1.3.8): no attribute holds the override's
-    # key or what went wrong, so its message is the only source. tests/test_hostile_input.py pins each case.
-    text = str(err)
-    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)  # a group option inside a defaults list
-    if missing:
-        return _no_such_option(*missing.groups())
-    override = re.search(r"Could not override '([^']+)'", text) or re.search(
-        r"Key '([^']+)' is not in struct", text)
-    if override:
-        key = override.group(1)
-        parent, _, leaf = key.rpartition(".")
-        known = _known_keys(parent)
-        if known is not None:
-            return _unknown_key(parent, leaf, known)
-        return _unknown_path(key)
-    added = re.search(r"Multiple values for (\S+)\. To override a value use 'override \S+: (\S+)'", text)
-    if added:
-        group, option = added.groups()
-        return ConfigError(f"'+{group}={option}': {group} is already in the defaults list; write {group}={option} "
-                           "(no '+')")
-    if "Ambiguous value" in text or "add --multirun" in text:
-        return ConfigError("a comma-separated value asks for several runs: use `nin sweep` for that")
-    cause = err.__cause__ or err.__context__
-    detail = one_line(str(cause)) if cause is not None and str(cause) else one_line(text)
-    return ConfigError(f"bad override or config: {detail.split(' Config search path:')[0][:300]}")
-
-
-def _no_such_option(group: str, option: str) -> ConfigError:
-    options = group_options(group)
-    near = difflib.get_close_matches(option, options, n=1)
-    hint = f" (did you mean '{group}={near[0]}'?)" if near else ""
-    return ConfigError(f"{group}={option}: no such option{hint}; choose one of: {', '.join(options)}")
-
-
-def _unknown_path(key: str) -> UnknownKeyError:
-    """An unknown dotted key whose first wrong part is not the last ('trainr.epochs'): correct that part."""
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        known = _known_keys(".".join(parts[:i]))
-        if known is None:
-            break
-        if part not in known:
-            near = difflib.get_close_matches(part, known, n=1, cutoff=0.6)
-            if near:
-                fixed = ".".join([*parts[:i], near[0], *parts[i + 1:]])
-                return UnknownKeyError(f"unknown config key '{key}' (did you mean '{fixed}'?)")
-            break
-    return UnknownKeyError(f"unknown config key '{key}'")
-
-
-def _broken_config_file(err: Exception) -> ConfigError:
-    """A YAML or encoding error while composing: Hydra does not say in which file, so find it and say where."""
-    import yaml
-    from omegaconf import OmegaConf
-
-    def signature(e: Exception) -> tuple:
-        mark = getattr(e, "problem_mark", None)
-        return (type(e), getattr(e, "problem", str(e)), mark and (mark.line, mark.column))
-
-    found: list[ConfigError] = []
-    for path in sorted(config_dir().rglob("*.yaml")):  # the file that fails the same way, else the first broken
-        try:
-            OmegaConf.load(path)
-        except (yaml.YAMLError, UnicodeDecodeError, ValueError) as bad:
-            mark = getattr(bad, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            problem = one_line(getattr(bad, "problem", None) or str(bad))[:160]
-            found.insert(0 if signature(bad) == signature(err) else len(found),
-                         ConfigError(f"{path}: invalid YAML: {problem}{where}"))
-    return found[0] if found else ConfigError(f"invalid YAML in an override: {one_line(str(err))[:200]}")
-
-
-def _field_type(dotted: str) -> Any:
-    """The schema's type at a dotted path (None when the path is not in the schema)."""
-    tp: Any = NinConfig
-    for part in dotted.split("."):
-        if typing.get_origin(tp) is list:
-            tp = typing.get_args(tp)[0]
-        if not is_dataclass(tp) or part not in typing.get_type_hints(tp):
-            return None
-        tp = typing.get_type_hints(tp)[part]
-    return tp
-
-
-def _known_keys(dotted: str) -> list[str] | None:
-    cls: Any = NinConfig
-    for part in filter(None, dotted.split(".")):
-        hints = typing.get_type_hints(cls)
-        if part not in hints:
-            return None
-        tp = hints[part]
-        if typing.get_origin(tp) is list:
-            tp = typing.get_args(tp)[0]
-        cls = tp
-    return [f.name for f in fields(cls)] if is_dataclass(cls) else None
-
-
-_SWEEP_VALUE = re.compile(r"^[^=]+=(?:[^\[\]{}()'\"]*,|.*\b(range|choice|interval|glob)\()")
-
-
-MAX_KEY_CHARS = 200  # a dotted key; longer ones are no key of nin's (and Hydra would look for them as files)
-MAX_NESTING = 32  # brackets and braces inside one override value (the deepest config, model.blocks, needs 3)
-
-
-def _nesting(value: str) -> int:
-    depth = deepest = 0
-    for char in value:
-        if char in "[{(":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]})":
-            depth -= 1
-    return deepest
-
-
-def check_overrides(overrides: list[str], allow_sweep: bool = False) -> None:
-    for item in overrides:
-        key = item.split("=", 1)[0]
-        if len(key) > MAX_KEY_CHARS:
-            raise ConfigError(f"bad override: a key of {len(key):,} characters ('{key[:40]}...'); keys are dotted "
-                              "names such as trainer.epochs")
-        if _nesting(item) > MAX_NESTING:
-            raise ConfigError(f"bad override '{item[:40]}...': nested {_nesting(item):,} levels deep (at most "
-                              f"{MAX_NESTING})")
-        if item in ("-m", "--multirun"):
-            raise ConfigError(f"'{item}' is Hydra's multirun: use `nin sweep OVERRIDES...` for several runs")
-        if item in ("--cfg", "-c", "--info", "-i") or item.startswith(("--cfg=", "--info=")):
-            raise ConfigError(f"'{item}' is Hydra's config printer: use `nin info OVERRIDES...` (`--json` for a "
-                              "machine-readable resolved config)")
-        if item.startswith("-"):
-            raise ConfigError(f"unknown option '{item}'; overrides look like key=value (see `nin --help`)")
-        if "=" not in item:
-            raise ConfigError(f"'{item}' is not an override: expected key=value, e.g. trainer.epochs=10")
-        if not allow_sweep and _SWEEP_VALUE.match(item):
-            raise ConfigError(f"'{item}' asks for several runs: use `nin sweep {item}` for that")
-
-
-def _mentions_target(value: Any) -> bool:
-    """Whether a parsed override value carries Hydra's `_target_` anywhere (a key or text of a nested value)."""
-    if isinstance(value, dict):
-        return any("_target_" in str(k) or _mentions_target(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_mentions_target(v) for v in value)
-    return "_target_" in str(value)
-
-
-def check_replayed_overrides(items: list[Any], source: Path) -> list[str]:
-    """The overrides a run directory asks to replay (its `.hydra/overrides.yaml`), checked as untrusted input.
-
-    Hydra instantiates `hydra.callbacks.*._target_` and any `_target_` it is handed, so a shared run directory
-    could run code through them. A replayed override may set only nin's own schema keys and pick a group option
-    that exists in `conf/`; anything under `hydra`, any `_target_`, or any unknown key is refused (exit 4) before
-    anything is composed, instantiated or created. A file that is not a list of overrides is damage (exit 3)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-        raise DataError(f"{source}: not a list of overrides; repair or remove it to resume this run")
-    try:
-        parsed = OverridesParser.create().parse_overrides(items)
-    except (HydraException, RecursionError) as err:
-        raise DataError(f"{source}: unreadable override ({one_line(str(err))[:160]}); repair or remove it") from None
-    for o in parsed:
-        key = o.key_or_group
-        value = o.value() if not o.is_delete() else None
-        parent = key.rpartition(".")[0]
-        if key in GROUPS:
-            allowed = o.package is None and isinstance(value, str) and value in group_options(key)
-        else:
-            mapping = bool(parent) and typing.get_origin(_field_type(parent)) is dict  # init_std_overrides.conv1
-            allowed = _field_type(key) is not None or mapping
-        if key.split(".")[0].split("/")[0] == "hydra" or "_target_" in key or _mentions_target(value) or not allowed:
-            raise UnsafeFileError(f"{source}: refused override '{one_line(o.input_line)[:120]}': a run directory may "
-                                  "only set nin's own config keys (nothing under hydra, no _target_); nothing was run")
-    return list(items)
-
-
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _grammar(value: Any, source: Path) -> str:
-    """A validated config value in Hydra's override grammar (strings quoted, so nothing in them is syntax)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)  # Hydra: only \ before a quote
-        return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
-    if isinstance(value, list):
-        return "[" + ",".join(_grammar(v, source) for v in value) + "]"
-    if isinstance(value, dict):
-        bad = [k for k in value if not _NAME.fullmatch(str(k))]
-        if bad:
-            raise DataError(f"{source}: its stored config has the key {str(bad[0])[:40]!r}, not a name")
-        return "{" + ",".join(f"{k}:{_grammar(v, source)}" for k, v in value.items()) + "}"
-    raise DataError(f"{source}: its stored config holds a {type(value).__name__}")
-
-
-def _strings(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        return [s for k, v in node.items() for s in (str(k), *_strings(v))]
-    if isinstance(node, list):
-        return [s for v in node for s in _strings(v)]
-    return [node] if isinstance(node, str) else []
-
-
-def stored_config_overrides(stored: Any, source: Path) -> list[str]:
-    """The config a checkpoint stores, as overrides that compose it again: `resume=CKPT` of a checkpoint outside a
-    run directory continues with the config it was trained with. The stored config is untrusted input: anything
-    for Hydra (a `hydra` key, `_target_`, an interpolation) is refused (exit 4), anything the schema refuses is a
-    checkpoint that is not what it claims (exit 3); only validated values are written back, quoted."""
-    if not isinstance(stored, dict):
-        raise DataError(f"{source}: a nin checkpoint without its config")
-    if "hydra" in stored or any("_target_" in s or "${" in s for s in _strings(stored)):
-        raise UnsafeFileError(f"{source}: refused, its stored config sets Hydra keys, _target_ or an interpolation "
-                              "(only nin's own config values may be stored); nothing was run")
-    try:
-        cfg = to_config({k: v for k, v in stored.items() if k != "resume"})
-    except ConfigError as err:
-        raise DataError(f"{source}: its stored config is not valid for this nin ({err})") from None
-    items = [f"experiment={cfg.experiment}"] if cfg.experiment in group_options("experiment") else []
-    values = to_dict(cfg)
-    for group in ("dataset", "model", "head", "optim", "schedule", "trainer"):
-        for key, value in values[group].items():
-            if isinstance(value, dict):  # a mapping given as an override is merged into the group's: clear it first
-                items.append(f"{group}.{key}=null")
-            items.append(f"{group}.{key}={_grammar(value, source)}")
-    return items
-
-
-def _quote_home(item: str) -> str:
-    """Hydra's grammar has no '~': quote a home path (dataset.root=~/data, which the shell leaves as is)."""
-    key, sep, value = item.partition("=")
-    return f"{key}='{value}'" if sep and value.startswith("~") and not set("'\"\\") & set(value) else item
-
-
-def schema_overrides(overrides: list[str]) -> list[str]:
-    """`group.key=value` for a key the schema knows but the group's YAML may leave out (trainer.num_threads) becomes
-    Hydra's add-or-override `++group.key=value`, so every documented key is settable without a '+'."""
-    out = []
-    for item in map(_quote_home, overrides):
-        key = item.split("=", 1)[0]
-        parent, _, leaf = key.rpartition(".")
-        known = _known_keys(parent) if parent and not key.startswith(("+", "~", "hydra.")) else None
-        mapping = known is None and parent and typing.get_origin(_field_type(parent)) is dict  # init_std_overrides.x
-        out.append(f"++{item}" if (known is not None and leaf in known) or mapping else item)
-    return out
-
-
-def compose(overrides: list[str], run_mode: str = "run", with_hydra: bool = False) -> Any:
-    """Compose `conf/config.yaml` with the overrides through Hydra; return the DictConfig (with `hydra`)."""
-    import yaml
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    check_overrides(overrides, allow_sweep=run_mode == "multirun")
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
-            return hydra_compose(config_name="config", overrides=schema_overrides(overrides),
-                                 return_hydra_config=with_hydra)
-    except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError, OSError, RecursionError) as err:
-        raise hydra_error(err) from None
-
-
-def load_config(overrides: list[str]) -> NinConfig:
-    return to_config(compose(overrides))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,9 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from nin_cli.config import DatasetConfig
-from nin_cli.datasets import RawData, dataset_root, read_cache, read_dataset, write_cache
+from nin_cli.datasets import RawData, dataset_root, list_folder, read_cache, read_dataset, write_cache
 from nin_cli.errors import ConfigError
 from nin_cli.preprocess import LCN_KERNEL, LCN_SIGMA, LCN_THRESHOLD, apply_preprocessing, channel_mean_std, fit_zca
+from nin_cli.stream import StreamImages, open_stream, read_batches, skipped_images
+from nin_cli.stream import channel_mean_std as stream_mean_std
 
 log = logging.getLogger(__name__)
 MAX_ZCA_DIM = 3 * 64 * 64  # the whitening matrix is dim² floats: 12,288² × 4 B = 600 MB
@@ -31,14 +34,15 @@ MAX_ZCA_DIM = 3 * 64 * 64  # the whitening matrix is dim² floats: 12,288² × 4
 
 @dataclass
 class Split:
-    images: torch.Tensor  # (N, C, H, W) uint8, or float16 when preprocessed ahead of time
+    images: torch.Tensor | StreamImages  # (N, C, H, W) uint8, float16 when preprocessed ahead, or rows on disk
     labels: torch.Tensor  # (N,) int64
+    crop: tuple[int, int] | None = None  # training: random-resized crops of this size (dataset.resize)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def to(self, device: torch.device) -> Split:
-        return Split(self.images.to(device), self.labels.to(device))
+        return Split(self.images.to(device), self.labels.to(device), self.crop)
 
 
 @dataclass
@@ -52,7 +56,9 @@ class Data:
 
     @property
     def image_shape(self) -> list[int]:
-        return list(self.train.images.shape[1:])
+        """What the model takes: the training crop's size where images are stored larger (dataset.resize)."""
+        shape = list(self.train.images.shape[1:])
+        return shape[:1] + list(self.train.crop) if self.train.crop else shape
 
     @property
     def num_classes(self) -> int:
@@ -66,7 +72,7 @@ def split_validation(raw: RawData, cfg: DatasetConfig) -> tuple[Split, Split]:
     """Hold out `raw.val_index` (the paper's validation images); `train_on=train+val` trains on all of them."""
     images, labels, index = raw.train_images, raw.train_labels, raw.val_index
     n, k = len(labels), len(index)
-    if torch.equal(index, torch.arange(n - k, n)):  # a tail (or nothing): views, no copy
+    if torch.equal(index, torch.arange(n - k, n)) and not isinstance(images, StreamImages):  # views, no copy
         val, rest = Split(images[n - k:], labels[n - k:]), Split(images[:n - k], labels[:n - k])
     else:
         keep = torch.ones(n, dtype=torch.bool)
@@ -93,7 +99,8 @@ def fit_preprocessing(train: Split, cfg: DatasetConfig, device: torch.device) ->
     if cfg.preprocessing == "none":
         return {"kind": "none", "mean": [0.0] * channels, "std": [1.0] * channels}
     if cfg.preprocessing == "mean_std":
-        mean, std = channel_mean_std(train.images)
+        streamed = isinstance(train.images, StreamImages)
+        mean, std = stream_mean_std(train.images) if streamed else channel_mean_std(train.images)
         return {"kind": "mean_std", "mean": mean.tolist(), "std": std.tolist()}
     if cfg.preprocessing in ("mean_image", "unit_mean_image"):
         mean_image = torch.zeros(train.images.shape[1:], dtype=torch.float64)
@@ -149,15 +156,56 @@ def load_data(cfg: DatasetConfig, device: torch.device, constants: dict | None =
     """The dataset's splits, preprocessing fitted on the training split (or `constants`, a checkpoint's stored ones:
     nothing is fitted, the inputs are exactly those training saw). Only `splits` are prepared on `device`; the others
     stay raw uint8 on the CPU (`nin eval` scoring the test split never preprocesses SVHN's 600k training images)."""
-    raw = read_dataset(cfg)
+    raw = open_stream(cfg) if streams(cfg) else read_dataset(cfg)
     train, val = split_validation(raw, cfg)
     test, classes = Split(raw.test_images, raw.test_labels), raw.classes
     del raw  # SVHN: the pre-split copy goes before the float16 one is made
+    check_resize(cfg)
+    if cfg.resize:  # the model sees image_shape crops: random-resized in training, centred in evaluation
+        crop = tuple(cfg.image_shape[1:]) if cfg.image_shape else (cfg.resize, cfg.resize)
+        train, val, test = Split(train.images, train.labels, crop), centre_crop(val, crop), centre_crop(test, crop)
     if constants is None:
         constants = fit_preprocessing(train, cfg, device)
     parts = {name: prepare_split(split, constants, device) if name in splits else split
              for name, split in zip(SPLIT_NAMES, (train, val, test), strict=True)}
     return Data(parts["train"], parts["val"], parts["test"], classes, constants)
+
+
+def streams(cfg: DatasetConfig) -> bool:
+    """Whether the dataset is read from disk batch by batch (nin_cli/stream.py) rather than held whole: on request,
+    or (auto) for an image folder whose decoded images exceed dataset.stream_above_gb."""
+    if cfg.stream == "never" or (cfg.name != "imagefolder" and cfg.stream == "auto"):
+        return False
+    if cfg.name != "imagefolder":
+        raise ConfigError(f"dataset.stream={cfg.stream}: only image folders stream (dataset={cfg.name} is held in "
+                          "memory); use dataset.stream=auto")
+    if cfg.preprocessing not in ("none", "mean_std"):
+        if cfg.stream == "always":
+            raise ConfigError(f"dataset.preprocessing={cfg.preprocessing}: a streamed folder takes none or mean_std "
+                              "(the others are fitted and applied on the whole set)")
+        return False
+    return cfg.stream == "always" or list_folder(cfg).decoded_bytes > cfg.stream_above_gb * 1e9
+
+
+def check_resize(cfg: DatasetConfig) -> None:
+    if cfg.resize and cfg.name != "imagefolder":
+        raise ConfigError(f"dataset.resize={cfg.resize}: only image folders are stored resized (dataset={cfg.name})")
+    if cfg.resize and cfg.translate:
+        raise ConfigError(f"dataset.translate={cfg.translate} with dataset.resize={cfg.resize}: the random-resized "
+                          "crop replaces pad-and-crop; set dataset.translate=0")
+    if cfg.resize and cfg.image_shape and max(cfg.image_shape[1:]) > cfg.resize:
+        raise ConfigError(f"dataset.image_shape={cfg.image_shape}: crops larger than dataset.resize={cfg.resize}")
+
+
+def centre_crop(split: Split, crop: tuple[int, int]) -> Split:
+    """torchvision's CenterCrop of every image (resident: one copy; streamed: as rows are read)."""
+    if isinstance(split.images, StreamImages):
+        return Split(split.images.cropped(*crop), split.labels)
+    height, width = split.images.shape[2:]
+    if (height, width) == crop:
+        return split
+    top, left = round((height - crop[0]) / 2), round((width - crop[1]) / 2)
+    return Split(split.images[:, :, top:top + crop[0], left:left + crop[1]].contiguous(), split.labels)
 
 
 def raw_test_images(cfg: DatasetConfig, count: int) -> Split:
@@ -168,17 +216,20 @@ def raw_test_images(cfg: DatasetConfig, count: int) -> Split:
 
 
 def describe_data(cfg: DatasetConfig) -> tuple[dict, list[str]]:
-    """What `nin data` reports: fetch/verify the files, build the caches (decoded folder, fitted ZCA) and count
-    what training will see. Preprocessing is fitted, not applied."""
-    raw = read_dataset(cfg)
-    train, val = split_validation(raw, cfg)
-    fit_preprocessing(train, cfg, torch.device("cpu"))
+    """What `nin data` reports: fetch/verify the files, build the caches (decoded folder, fitted ZCA, streamed
+    rows) and count what training will see. Preprocessing is fitted, not applied."""
+    data = load_data(cfg, torch.device("cpu"), splits=())
     root = "" if cfg.name in ("digits", "synthetic") else str(dataset_root(cfg))
-    report = {"dataset": cfg.name, "root": root,
-              "splits": {"train": len(train), "val": len(val), "test": len(raw.test_labels)},
-              "image_shape": list(raw.train_images.shape[1:]), "num_classes": len(raw.classes),
-              "preprocessing": cfg.preprocessing}
-    return report, raw.classes
+    counts = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
+    stored = list(data.train.images.shape[1:])
+    report = {"dataset": cfg.name, "root": root, "splits": counts, "image_shape": data.image_shape,
+              "stored_shape": stored, "num_classes": data.num_classes, "preprocessing": cfg.preprocessing,
+              "decoded_gb": round(sum(counts.values()) * math.prod(stored) / 1e9, 3),
+              "stream": isinstance(data.train.images, StreamImages)}
+    if report["stream"]:
+        report["cache"] = str(Path(data.train.images.path).parent)
+        report["skipped"] = skipped_images(data.train.images)
+    return report, data.classes
 
 
 @contextlib.contextmanager
@@ -208,7 +259,16 @@ def format_report(report: dict, classes: list[str]) -> str:
         f"images         {' × '.join(map(str, report['image_shape']))} uint8, preprocessing "
         f"{report['preprocessing']}",
         f"classes        {report['num_classes']}: {shown}",
+        f"storage        {storage_line(report)}",
     ])
+
+
+def storage_line(report: dict) -> str:
+    size = f"{report['decoded_gb']:.2f} GB decoded"
+    if not report.get("stream"):
+        return f"in memory ({size})"
+    skipped = f"; {len(report['skipped'])} unreadable images skipped" if report["skipped"] else ""
+    return f"streamed from {report['cache']} ({size}{skipped})"
 
 
 # ------------------------------------------------------------------------------------------------ batches
@@ -259,19 +319,76 @@ def train_batches(split: Split, batch_size: int, seed: int, epoch: int, translat
     """Shuffled, augmented batches. Order and augmentation come from a generator seeded by (seed, epoch) alone,
     so resuming at `start_step` replays exactly the batches an uninterrupted epoch would have seen. With several
     processes `batch_size` is the global batch and rank r takes the r-th of `world_size` equal slices of it: the
-    same images, augmented the same way, as one process would train on."""
+    same images, augmented the same way, as one process would train on (and, streamed, reads only those).
+    Resident and streamed images give the same batches: only where the pixels come from differs."""
     n, device = len(split), split.images.device
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=g).to(device)
+    order = torch.randperm(n, generator=g)
     shifts = torch.randint(0, 2 * translate + 1, (n, 2), generator=g).to(device) if translate else None
     flips = (torch.rand(n, generator=g) < 0.5).to(device) if flip else None
-    for step in range(start_step, steps_per_epoch(n, batch_size, max_steps)):
-        idx = order[step * batch_size:(step + 1) * batch_size].tensor_split(world_size)[rank]
-        images = translate_and_flip(split.images[idx], shifts[idx] if shifts is not None else None,
+    boxes = crop_boxes(n, split.images.shape[2], split.images.shape[3], g).to(device) if split.crop else None
+    steps = range(start_step, steps_per_epoch(n, batch_size, max_steps))
+    index = [order[step * batch_size:(step + 1) * batch_size].tensor_split(world_size)[rank] for step in steps]
+    on_device = order.to(device)  # the same slices on the device: gathers and augmentation never wait on the host
+    dev_index = [on_device[step * batch_size:(step + 1) * batch_size].tensor_split(world_size)[rank] for step in steps]
+    for idx, images in zip(dev_index, gather(split.images, index, dev_index), strict=True):
+        if boxes is not None:
+            images = random_resized_crop(images, boxes[idx], split.crop)
+        images = translate_and_flip(images, shifts[idx] if shifts is not None else None,
                                     flips[idx] if flips is not None else None, translate)
         yield images, split.labels[idx]
 
 
+def gather(images: torch.Tensor | StreamImages, index: list[torch.Tensor], dev_index: list[torch.Tensor]
+           ) -> Iterator[torch.Tensor]:
+    """The images at each index list in turn: resident ones gathered on their device, streamed ones read ahead by
+    worker processes from disk (`index`, on the CPU) and copied to the device."""
+    if not isinstance(images, StreamImages):
+        return (images[idx] for idx in dev_index)
+    return (batch.to(images.device, non_blocking=True) for batch in read_batches(images, index))
+
+
+def crop_boxes(n: int, height: int, width: int, g: torch.Generator, scale: tuple[float, float] = (0.08, 1.0),
+               ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10) -> torch.Tensor:
+    """torchvision RandomResizedCrop's parameters for n images at once, as (x0, y0, x1, y1) boxes: area a
+    uniform share of `scale`, aspect log-uniform in `ratio`, the first of `tries` draws that fits, else the whole
+    image clamped to `ratio` (its fallback); the position uniform."""
+    area = torch.empty(n, tries).uniform_(*scale, generator=g) * (height * width)
+    aspect = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g).exp()
+    w, h = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
+    fits = (w >= 1) & (h >= 1) & (w <= width) & (h <= height)
+    first = fits.float().argmax(dim=1, keepdim=True)
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+    fw, fh = float(width), float(height)
+    if width / height < ratio[0]:
+        fh = float(round(width / ratio[0]))
+    elif width / height > ratio[1]:
+        fw = float(round(height * ratio[1]))
+    found = fits.any(dim=1)
+    w, h = torch.where(found, w, fw), torch.where(found, h, fh)
+    u = torch.rand(n, 2, generator=g)
+    top = torch.where(found, (u[:, 0] * (height - h + 1)).floor(), ((height - h) / 2).floor())
+    left = torch.where(found, (u[:, 1] * (width - w + 1)).floor(), ((width - w) / 2).floor())
+    return torch.stack([left, top, left + w, top + h], dim=1)
+
+
+def random_resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Each image's box resized to `size`, batched: RoIAlign's bilinear samples (2×2 per output pixel, averaged:
+    a mild antialias when a crop shrinks), rounded back to uint8 so the crops are preprocessed as stored images."""
+    from torchvision.ops import roi_align
+
+    rois = torch.cat([torch.arange(len(images), device=images.device, dtype=torch.float32)[:, None],
+                      boxes.float()], dim=1)
+    out = roi_align(images.float(), rois, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
 def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for start in range(0, len(split), batch_size):
+    starts = range(0, len(split), batch_size)
+    if isinstance(split.images, StreamImages):
+        index = [torch.arange(start, min(start + batch_size, len(split))) for start in starts]
+        for start, images in zip(starts, gather(split.images, index, index), strict=True):
+            yield images, split.labels[start:start + batch_size]
+        return
+    for start in starts:
         yield split.images[start:start + batch_size], split.labels[start:start + batch_size]

@@ -239,32 +239,64 @@ def _svhn(cfg: DatasetConfig) -> RawData:
 # ---------------------------------------------------------------------------------------------- image folders
 
 
-def _imagefolder(cfg: DatasetConfig) -> RawData:
-    """Any train/<class>/* + test/<class>/* tree, decoded once; later runs load the cached tensors."""
+@dataclass
+class FolderListing:
+    """An image folder's files, as (path, class index) pairs, and the shape its images are stored at."""
+
+    root: Path
+    train_files: list[tuple[str, int]]
+    test_files: list[tuple[str, int]]
+    classes: list[str]
+    shape: list[int]  # C, H, W as decoded: [C, resize, resize] when dataset.resize is set, else image_shape
+
+    @property
+    def decoded_bytes(self) -> int:
+        return (len(self.train_files) + len(self.test_files)) * int(np.prod(self.shape))
+
+
+def list_folder(cfg: DatasetConfig) -> FolderListing:
+    """train/<class>/* and test/<class>/* (or val/<class>/*, ImageNet's layout), by ImageFolder's rules."""
     root = dataset_root(cfg)
     if cfg.image_shape and cfg.image_shape[0] not in (1, 3):
         raise ConfigError(f"dataset.image_shape={cfg.image_shape}: image folders decode to 1 (grey) or 3 (RGB) "
                           "channels")
+    part = "test" if (root / "test").is_dir() or not (root / "val").is_dir() else "val"
     train_files, classes = _list_tree(root, "train")
-    test_files, test_classes = _list_tree(root, "test")
+    test_files, test_classes = _list_tree(root, part)
     if classes != test_classes:
         only_train, only_test = sorted(set(classes) - set(test_classes)), sorted(set(test_classes) - set(classes))
-        raise DataError(f"imagefolder: class folders differ between {root / 'train'} and {root / 'test'} "
-                        f"(only in train: {', '.join(only_train) or '-'}; only in test: {', '.join(only_test) or '-'})")
-    key = _tree_key(root, train_files + test_files, cfg.image_shape)
+        raise DataError(f"imagefolder: class folders differ between {root / 'train'} and {root / part} "
+                        f"(only in train: {', '.join(only_train) or '-'}; "
+                        f"only in {part}: {', '.join(only_test) or '-'})")
+    shape = cfg.image_shape or _first_shape(train_files[0][0])
+    if cfg.resize:
+        shape = [shape[0], cfg.resize, cfg.resize]
+    return FolderListing(root, train_files, test_files, classes, list(shape))
+
+
+def val_index_of(labels: torch.Tensor, classes: list[str], cfg: DatasetConfig, root: Path) -> torch.Tensor:
+    """The last val_size / classes images of each class folder (the remainder spread over the first classes)."""
+    shares = [cfg.val_size // len(classes) + (c < cfg.val_size % len(classes)) for c in range(len(classes))]
+    return per_class_tail(labels, shares, f"imagefolder {root / 'train'} with dataset.val_size={cfg.val_size}")
+
+
+def _imagefolder(cfg: DatasetConfig) -> RawData:
+    """Any train/<class>/* + test/<class>/* tree, decoded once; later runs load the cached tensors."""
+    listing = list_folder(cfg)
+    files = listing.train_files + listing.test_files
+    key = _tree_key(listing.root, files, cfg.image_shape if not cfg.resize else listing.shape)
     cache = Path(cfg.cache_dir).expanduser() / "imagefolder" / f"{key}.pt"
     tensors = read_cache(cache)
     if tensors is None:
-        log.info("decoding %d images under %s (once; cached in %s)", len(train_files) + len(test_files), root, cache)
-        shape = cfg.image_shape or _first_shape(train_files[0][0])
-        tensors = {"train_images": _decode_all(train_files, shape), "train_labels": _labels(train_files),
-                   "test_images": _decode_all(test_files, shape), "test_labels": _labels(test_files)}
+        log.info("decoding %d images under %s (once; cached in %s)", len(files), listing.root, cache)
+        tensors = {"train_images": _decode_all(listing.train_files, listing.shape),
+                   "train_labels": _labels(listing.train_files),
+                   "test_images": _decode_all(listing.test_files, listing.shape),
+                   "test_labels": _labels(listing.test_files)}
         write_cache(cache, tensors)
     labels = tensors["train_labels"]
-    shares = [cfg.val_size // len(classes) + (c < cfg.val_size % len(classes)) for c in range(len(classes))]
-    val_index = per_class_tail(labels, shares, f"imagefolder {root / 'train'} with dataset.val_size={cfg.val_size}")
-    return RawData(tensors["train_images"], labels, tensors["test_images"], tensors["test_labels"], classes,
-                   val_index)
+    return RawData(tensors["train_images"], labels, tensors["test_images"], tensors["test_labels"], listing.classes,
+                   val_index_of(labels, listing.classes, cfg, listing.root))
 
 
 def _list_tree(root: Path, part: str) -> tuple[list[tuple[str, int]], list[str]]:

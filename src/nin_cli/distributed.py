@@ -118,9 +118,9 @@ def train_worker(args_overrides: list[str]) -> dict | None:
     rank then calls `fit` with it. Returns rank 0's summary (None elsewhere)."""
     import dataclasses
 
-    from nin_cli.config import load_config
     from nin_cli.errors import ConfigError
     from nin_cli.hydra_app import hydra_run
+    from nin_cli.overrides import load_config
     from nin_cli.runs import write_run_files
     from nin_cli.train import fit
 

@@ -1,6 +1,6 @@
 """Evaluation: loss and error during training (`evaluate`), and `nin eval`'s full report of a checkpoint.
 
-`nin eval` rebuilds the model from the checkpoint alone (`checkpoint.load_trained`), loads the split of the
+`nin eval` rebuilds the model from the checkpoint alone (`trained.load_trained`), loads the split of the
 checkpoint's dataset (overrides may change it) preprocessed with the constants stored in the checkpoint (the fitted
 ZCA included), and reports top-1/top-5 error, NLL, expected calibration error, per-class accuracy and the
 confusion matrix: a rich table, JSON, a PNG and a TensorBoard image.
@@ -47,7 +47,7 @@ def load_eval_data(trained, device: torch.device, split: str) -> Data:
 def evaluate_checkpoint(path: str | Path, overrides: list[str], split: str = "test", tta: bool = False,
                         weights: str = "auto") -> tuple[dict, object]:
     """(metrics, trained) of a checkpoint on one split of its (possibly overridden) dataset."""
-    from nin_cli.checkpoint import load_trained
+    from nin_cli.trained import load_trained
 
     if split not in SPLITS:
         raise ConfigError(f"--split {split}: must be one of {', '.join(SPLITS)}")

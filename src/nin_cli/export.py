@@ -287,7 +287,7 @@ def write_and_check(trained, fmt: str, path: Path, x: torch.Tensor) -> tuple[flo
 
 def export_command(path: Path, fmt: str, out: Path | None, weights: str = "auto", as_json: bool = False) -> dict:
     """`nin export`: write under a temporary name, reload, check parity, rename, write the sidecar; returns it."""
-    from nin_cli.checkpoint import load_trained
+    from nin_cli.trained import load_trained
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nin_cli.checkpoint import chosen_weights, load_checkpoint
+from nin_cli.checkpoint import load_checkpoint
 from nin_cli.errors import ConfigError, DataError
 from nin_cli.runs import record_provenance
+from nin_cli.trained import chosen_weights
 
 log = logging.getLogger("nin")
 

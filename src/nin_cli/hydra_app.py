@@ -18,9 +18,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from nin_cli.config import NinConfig, config_dir, schema_overrides, to_config
+from nin_cli.config import NinConfig, to_config
 from nin_cli.errors import ConfigError, DataError, Interrupted, InterruptedNow, NinError, save_traceback
 from nin_cli.files import one_line, refuse_unsafe_tree
+from nin_cli.overrides import compose_hydra, hydra_session, schema_overrides
 
 
 def _log_file(run_dir: Path) -> Path:
@@ -74,19 +75,11 @@ def hydra_private() -> SimpleNamespace:
 def _compose_run(hydra: Any, overrides: list[str]) -> tuple[Any, Path | None]:
     """The run's config (RUN mode, with Hydra's logging config) and its directory, checked to be writable before
     anything is created."""
-    import yaml
-    from hydra.errors import HydraException
     from hydra.types import RunMode
-    from omegaconf.errors import OmegaConfBaseException
 
-    from nin_cli.config import hydra_error
     from nin_cli.runs import output_dir_problem
 
-    try:
-        cfg = hydra.compose_config(config_name="config", overrides=schema_overrides(overrides),
-                                   run_mode=RunMode.RUN, from_shell=True, with_log_configuration=True)
-    except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError, OSError, RecursionError) as err:
-        raise hydra_error(err) from None
+    cfg = compose_hydra(hydra, schema_overrides(overrides), "run", with_log_configuration=True)
     cfg.hydra.mode = RunMode.RUN
     run_dir = _run_dir_of(cfg)
     problem = output_dir_problem(run_dir) if run_dir is not None else None
@@ -115,8 +108,6 @@ def guarded_run_dir(run_dir: Path | None, existed: bool):
 
 
 def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> Any:
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import JobStatus, run_job
     from hydra.types import HydraContext
@@ -133,8 +124,7 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
                                    f"[{time.strftime('%Y-%m-%d %H:%M:%S')}][CRASH]\n{traceback.format_exc()}")
             raise NinError(_crash_line(err, where)) from None
 
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
-        hydra = GlobalHydra.instance().hydra
+    with hydra_session() as hydra:
         cfg, run_dir = _compose_run(hydra, overrides)
         existed = run_dir is not None and run_dir.is_dir()
         with guarded_run_dir(run_dir, existed):  # before Hydra writes .hydra/ and train.log
@@ -156,8 +146,25 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
             callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
     outcome = hydra_private().outcome(ret)
     if ret.status == JobStatus.FAILED:
+        if isinstance(outcome, DataError) and not existed:
+            _remove_untrained(run_dir)
         raise outcome
     return outcome
+
+
+# What `nin train` writes before it loads the data; a directory holding anything else has trained (or been touched)
+_BEFORE_DATA = {".hydra", "train.log", "config.yaml", "provenance.json"}
+
+
+def _remove_untrained(run_dir: Path | None) -> None:
+    """Missing or bad data (exit 3) in a run directory this command made: the directory goes too, so a failed data
+    check leaves no run behind. Anything trained (checkpoints/, metrics.jsonl, tb/) keeps it."""
+    import shutil
+
+    if run_dir is None or run_dir.is_symlink() or not run_dir.is_dir():
+        return
+    if {p.name for p in run_dir.iterdir()} <= _BEFORE_DATA:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def hydra_multirun(overrides: list[str], task_function: Callable[[Any], Any]) -> Any:
@@ -167,17 +174,13 @@ def hydra_multirun(overrides: list[str], task_function: Callable[[Any], Any]) ->
     `task_function(cfg: DictConfig)` runs once per job, in this process or another (joblib, submitit), so it must
     be a module-level function that relies on no in-process state. Returns what the sweeper returns.
     """
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.plugins import Plugins
     from hydra.errors import HydraException
-    from hydra.types import HydraContext, RunMode
+    from hydra.types import HydraContext
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
-        hydra = GlobalHydra.instance().hydra
-        cfg = hydra.compose_config(config_name="config", overrides=overrides, run_mode=RunMode.MULTIRUN,
-                                   from_shell=True, with_log_configuration=True)
+    with hydra_session() as hydra:
+        cfg = compose_hydra(hydra, overrides, "multirun", with_log_configuration=True)
         callbacks = hydra_private().Callbacks(cfg)
         callbacks.on_multirun_start(config=cfg, config_name="config")
         try:

@@ -236,7 +236,7 @@ def predict_command(path: Path, inputs: list[Path], top: int = 5, tta: bool = Fa
                     weights: str = "auto") -> dict:
     """`nin predict`: print (or --json) the top-K classes of every readable image, --out as CSV (JSON for a .json
     name), written atomically. Exit 3 when the inputs hold no image, or none that could be read."""
-    from nin_cli.checkpoint import load_trained
+    from nin_cli.trained import load_trained
 
     if device is not None and device not in DEVICES:
         raise ConfigError(f"--device {device}: must be one of {', '.join(DEVICES)}")

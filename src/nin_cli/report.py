@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nin_cli.errors import DataError
-from nin_cli.files import atomic_write, number, one_line, read_text
+from nin_cli.files import atomic_write, number, one_line, read_json
+from nin_cli.results import format_error, read_config, read_metrics, read_outcome, read_summary
 
 T1, T2, T3, T4 = "Table 1 · CIFAR-10", "Table 2 · CIFAR-100", "Table 3 · SVHN", "Table 4 · MNIST"
 T5, T46, TZ = "Table 5 · GAP vs FC, CIFAR-10", "§4.6 · GAP on a conventional CNN, CIFAR-10", "Model zoo · ImageNet"
@@ -138,23 +138,20 @@ class RunRecord:
 
 
 def _read_json(path: Path) -> dict | None:
+    """reproduce.json, the table runner's own record (None when missing), read bounded like every run file."""
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not a readable JSON file ({one_line(err)})") from None
 
 
-def _read_config(path: Path) -> dict:
-    import yaml
-
+def _read_config(run: Path) -> dict:
     try:
-        return yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        return {}
-    except (OSError, yaml.YAMLError) as err:
-        raise DataError(f"{path}: not a readable config ({one_line(err)})") from None
+        return read_config(run)
+    except DataError:
+        if (run / "config.yaml").exists() or (run / "config.yaml").is_symlink():
+            raise
+        return {}  # a run folder without its config: judged from reproduce.json alone
 
 
 def _custom_meta(config: dict) -> dict:
@@ -192,19 +189,13 @@ def _judged(meta: dict, row: str) -> tuple[bool, str]:
     return comparability(row, str(meta.get("budget")), _data_tag(meta))
 
 
-def _epoch_seconds(metrics: Path) -> float:
-    """The summed epoch_time_s of a metrics.jsonl (0 when missing or unreadable: a floor, never an error)."""
+def _epoch_seconds(run: Path) -> float:
+    """The summed epoch_time_s of a run's metrics.jsonl (0 when missing or unreadable: a floor, never an error)."""
     try:
-        text = read_text(metrics)
-    except (OSError, DataError):
+        rows = read_metrics(run, running=True)
+    except DataError:
         return 0.0
-    total = 0.0
-    for line in text.splitlines():
-        try:
-            total += number(json.loads(line).get("epoch_time_s")) or 0.0
-        except (ValueError, AttributeError, RecursionError):
-            continue
-    return total
+    return sum(number(row.get("epoch_time_s")) or 0.0 for row in rows)
 
 
 def _attempt_seconds(path: Path, restart: dict) -> float:
@@ -216,7 +207,7 @@ def _attempt_seconds(path: Path, restart: dict) -> float:
     kept = Path(str(restart.get("kept_in", "")))
     if kept.is_absolute() or ".." in kept.parts or not kept.parts:
         return 0.0
-    return _epoch_seconds(path / kept / "metrics.jsonl")
+    return _epoch_seconds(path / kept)
 
 
 def _wall_time(path: Path, summary: dict, restarts: list[dict]) -> float | None:
@@ -224,7 +215,7 @@ def _wall_time(path: Path, summary: dict, restarts: list[dict]) -> float | None:
     epochs' summed time (a resume that lost its clock once wrote 1e-5 s), plus every restarted attempt's."""
     own = number(summary.get("wall_time_s"))
     own = number(summary.get("elapsed_s")) if own is None else own
-    floor = _epoch_seconds(path / "metrics.jsonl")
+    floor = _epoch_seconds(path)
     if own is None and not floor:
         return None
     return max(own or 0.0, floor) + sum(_attempt_seconds(path, r) for r in restarts)
@@ -246,8 +237,8 @@ def _slot_seed(meta: dict, restarts: list[dict], final_seed: int | None) -> int 
 
 def read_run(path: Path) -> RunRecord | None:
     """The record of one run directory, or None when it is not a run of one of the paper's rows."""
-    config = _read_config(path / "config.yaml")
-    summary = _read_json(path / "summary.json")
+    config = _read_config(path)
+    summary = read_summary(path)
     meta = _read_json(path / "reproduce.json") or _custom_meta(config)
     row = meta.get("row") or (summary or {}).get("experiment") or config.get("experiment") or ""
     if row not in ROW_BY_KEY:
@@ -266,9 +257,9 @@ def read_run(path: Path) -> RunRecord | None:
         record.seed = _slot_seed(meta, record.restarts, record.final_seed)
         record.wall_time_s = _wall_time(path, summary, record.restarts)
         return record
-    outcome = _read_json(path / "outcome.json")
+    outcome = read_outcome(path)
     if outcome is not None:
-        record.status, record.message = outcome.get("status", "incomplete"), outcome.get("message", "")
+        record.status, record.message = outcome.status, outcome.reason
     return record
 
 
@@ -438,12 +429,6 @@ def build_lines(records: list[RunRecord], rows: tuple[Row, ...] = ROWS) -> list[
 
 COLUMNS = ("Method", "Paper", "Ours (mean ± std)", "Δ", "Seeds", "Epochs", "Wall time", "Device", "Data",
            "Budget", "Verdict")
-
-
-def format_error(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "—"
-    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
 
 
 def format_time(seconds: float | None) -> str:

@@ -28,7 +28,6 @@ not run again; one holding checkpoints/last.pt continues from it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -163,19 +162,18 @@ def plan(budget: str, keys: list[str] | None, cifar10_jpeg: Path | None, runs_ro
 def finished(run_dir: Path) -> bool:
     """A finished run is never trained again: it has a summary, or it collapsed or diverged (a rerun would only
     resume into the same state). Missing data and unfinished runs are tried again."""
-    if (run_dir / "summary.json").is_file():
+    from nin_cli.results import read_outcome, read_summary
+
+    if read_summary(run_dir) is not None:
         return True
-    try:
-        outcome = json.loads((run_dir / "outcome.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return outcome.get("status") in ("collapsed", "diverged")
+    outcome = read_outcome(run_dir)
+    return outcome is not None and outcome.status in ("collapsed", "diverged")
 
 
 def _train(overrides: list[str]) -> dict:
     """What `nin train OVERRIDES` does, in this process (Hydra run directory, train.log, provenance)."""
-    from nin_cli.config import load_config
     from nin_cli.hydra_app import hydra_run
+    from nin_cli.overrides import load_config
     from nin_cli.train import train_run
 
     load_config(overrides)
@@ -185,20 +183,21 @@ def _train(overrides: list[str]) -> dict:
 def run_one(run: PlannedRun) -> tuple[str, str]:
     """Train one planned run; returns (status, one line). Missing data, collapse and divergence are recorded in
     RUN/outcome.json for the table instead of stopping the other rows."""
-    from nin_cli.runs import write_json
+    from nin_cli.runs import clear_outcome, write_json, write_outcome
 
     run.run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run.run_dir / "reproduce.json", {**run.meta, "command": run.command})
-    (run.run_dir / "outcome.json").unlink(missing_ok=True)
+    clear_outcome(run.run_dir)
     try:
         summary = _train(run.overrides)
     except DataError as err:
-        status, message = "no_data", str(err)
+        status, message, code = "no_data", str(err), err.exit_code
     except DivergedError as err:
         status, message = ("collapsed" if isinstance(err, CollapsedError) else "diverged"), str(err)
+        code = err.exit_code
     else:
         return "done", f"test error {summary['test_error']:.2f}% in {summary['wall_time_s']:.0f} s"
-    write_json(run.run_dir / "outcome.json", {"status": status, "message": message})
+    write_outcome(run.run_dir, status, message, code)
     return status, message
 
 

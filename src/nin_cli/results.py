@@ -180,6 +180,13 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
+def format_error(mean: float | None, std: float | None) -> str:
+    """"mean ± std" as the paper's tables print an error (2 decimals); "—" for none."""
+    if mean is None:
+        return "—"
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """Nested mappings as dotted keys ({"model": {"dropout": 0.5}} -> {"model.dropout": 0.5}); lists stay values.
     An empty mapping stays a value ({} under its key), so it is not lost."""

@@ -126,30 +126,53 @@ def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return changes
 
 
+def saved_position(record: dict) -> tuple[int, int]:
+    """(epoch, step) a checkpoint records: which of two saves is later. A file's date says nothing (a copy or a
+    `touch` changes it); a record without them counts as the earliest."""
+    state = record.get("state") if isinstance(record.get("state"), dict) else {}
+    position = [state.get("epoch"), state.get("step")]
+    return tuple(v if isinstance(v, int) and not isinstance(v, bool) else -1 for v in position)  # type: ignore
+
+
 def newest_checkpoint(paths: RunPaths) -> tuple[Path, dict] | None:
-    """The newest complete checkpoint of a run: last.pt, or best.pt when a crash fell between the two saves of an
-    epoch's end (best.pt is written first, so it is then the newer file). Only the newest is read; a damaged one is
-    skipped with a warning, and only damaged files is exit 3, never a silent restart."""
-    found = [p for p in (paths.last, paths.best) if p.exists()]
-    found.sort(key=lambda p: (p.stat().st_mtime_ns, p == paths.last), reverse=True)
-    errors = []
-    for path in found:
+    """The run's latest complete checkpoint: of last.pt and best.pt, the one with the later (epoch, step) inside it
+    (best.pt is later only when a crash fell between the two saves of an epoch's end; a tie goes to last.pt). A
+    damaged one is skipped with a warning; only damaged files is exit 3, never a silent restart."""
+    loaded, errors = [], []
+    for path in (paths.last, paths.best):
+        if not path.exists():
+            continue
         try:
-            return path, load_checkpoint(path)
+            loaded.append((path, load_checkpoint(path)))
         except DataError as err:
             log.warning("skipping %s", err)
             errors.append(err)
+    if loaded:
+        return max(loaded, key=lambda item: (saved_position(item[1]), item[0] == paths.last))
     if errors:
         raise DataError(f"{errors[0]}; no complete checkpoint to resume from (move {paths.checkpoints} away to "
                         "start over)")
     return None
 
 
+def refuse_finished_without_checkpoint(paths: RunPaths) -> None:
+    """A finished run (summary.json) whose checkpoints are gone, deleted to save space, would be trained again
+    from scratch in place, its metrics, events and summary overwritten: refused (exit 3)."""
+    if paths.summary.exists() or paths.summary.is_symlink():
+        raise DataError(f"{paths.summary}: the run finished, but {paths.checkpoints} holds no checkpoint to resume "
+                        f"from; nin does not train over a finished run: train into a new hydra.run.dir, or move "
+                        f"{paths.root} away to start over")
+
+
 def resume_source(cfg: NinConfig, paths: RunPaths) -> tuple[Path, dict] | None:
-    """Where a run continues from: its own newest checkpoint, else `resume=DIR|CKPT`, else nowhere."""
+    """Where a run continues from: its own latest checkpoint, else `resume=DIR|CKPT`, else nowhere (a fresh run,
+    never over a finished one)."""
     own = newest_checkpoint(paths)
-    if own or not cfg.resume:
+    if own:
         return own
+    refuse_finished_without_checkpoint(paths)
+    if not cfg.resume:
+        return None
     target = Path(cfg.resume).expanduser()
     if target.is_dir():
         other = newest_checkpoint(RunPaths(target))
@@ -157,4 +180,3 @@ def resume_source(cfg: NinConfig, paths: RunPaths) -> tuple[Path, dict] | None:
             raise DataError(f"resume={cfg.resume}: no checkpoint in {target / 'checkpoints'}")
         return other
     return target, load_checkpoint(target)
-

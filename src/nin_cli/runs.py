@@ -318,10 +318,10 @@ def _override_values(overrides: list[str]) -> dict[str, Any]:
 
 def _run_overrides(run_dir: Path) -> list[str]:
     """The overrides a run was started with (Hydra's .hydra/overrides.yaml), checked as untrusted input (see
-    `config.check_replayed_overrides`); [] when the run has no such file (a checkpoint's own folder)."""
+    `overrides.check_replayed_overrides`); [] when the run has no such file (a checkpoint's own folder)."""
 
-    from nin_cli.config import check_replayed_overrides
     from nin_cli.errors import DataError
+    from nin_cli.overrides import check_replayed_overrides
 
     path = run_dir / ".hydra" / "overrides.yaml"
     refuse_unsafe_tree(run_dir)  # before reading it: a link in it is refused as a whole (exit 4)
@@ -345,9 +345,9 @@ def _resume_file(path: Path, overrides: list[str]) -> tuple[Path | None, list[st
     """`resume=CKPT`: the checkpoint goes through the safe loader first (damaged: exit 3, unsafe: exit 4), before
     any data is read or a run directory made. In RUN/checkpoints/ of a run with its overrides: (RUN, overrides),
     RUN's to be replayed; a checkpoint on its own: (None, the config it stores as overrides (checked as untrusted
-    input, see `config.stored_config_overrides`) under the command line's)."""
+    input, see `overrides.stored_config_overrides`) under the command line's)."""
     from nin_cli.checkpoint import load_checkpoint
-    from nin_cli.config import stored_config_overrides
+    from nin_cli.overrides import stored_config_overrides
 
     record = load_checkpoint(path)
     run = path.parent.parent if path.parent.name == "checkpoints" else None

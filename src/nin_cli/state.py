@@ -60,9 +60,17 @@ class EpochSums:
 
 @dataclass
 class StopRequest:
-    """Set by the signal handler; the loop notices it between steps, saves a checkpoint and leaves."""
+    """`signum` is written by this process's signal handler only; `agreed` by the loop only, with what every process
+    agreed on between two steps. Kept apart: a signal handled while the processes agree (the handler runs during
+    that wait) stays in `signum` for the next agreement instead of being overwritten with "no stop"."""
 
     signum: int | None = None
+    agreed: int | None = None
+
+    @property
+    def reason(self) -> int | None:
+        """The signal the run stops for: the agreed one, else this process's own."""
+        return self.agreed or self.signum
 
 
 @dataclass(frozen=True)

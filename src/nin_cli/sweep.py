@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nin_cli.config import NinConfig, check_overrides, config_dir, hydra_error, schema_overrides, to_config, to_dict
+from nin_cli.config import NinConfig, to_config, to_dict
 from nin_cli.errors import (
     ConfigError,
     DataError,
@@ -43,10 +43,11 @@ from nin_cli.errors import (
     UnsafeFileError,
 )
 from nin_cli.files import atomic_write, one_line, refuse_unsafe_tree
-from nin_cli.report import format_error
+from nin_cli.overrides import check_overrides, compose_hydra, hydra_error, hydra_session, schema_overrides
 from nin_cli.results import (
     NOT_SETTINGS,
     SEED_KEY,
+    format_error,
     group_by_seed,
     job_dirs,
     mean_std,
@@ -58,7 +59,7 @@ from nin_cli.results import (
     read_summary,
     read_yaml,
 )
-from nin_cli.runs import clear_outcome, write_outcome
+from nin_cli.runs import clear_outcome, output_dir_problem, write_outcome
 
 log = logging.getLogger("nin")
 
@@ -106,18 +107,6 @@ class _StopSweep(KeyboardInterrupt):
 # --------------------------------------------------------------------------------------------------- planning
 
 
-def _compose(hydra: Any, overrides: list[str], multirun: bool = False) -> Any:
-    from hydra.errors import HydraException
-    from hydra.types import RunMode
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        return hydra.compose_config(config_name="config", overrides=list(overrides),
-                                    run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
-    except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise hydra_error(err) from None
-
-
 def _check_plugins(overrides: list[str], loader: Any) -> None:
     """`hydra/launcher=joblib` and friends without their plugin installed: say what to install (exit 2)."""
     for item in overrides:
@@ -152,6 +141,25 @@ def sweep_lines(cfg: Any) -> list[str]:
     return [f"{key}={value}" for key, value in params.items()] + OmegaConf.to_container(cfg.hydra.overrides.task)
 
 
+MAX_JOBS = 10_000  # more is a typo (range(0,1000000)), not a plan: refused before the grid is built or checked
+
+
+def _check_job_count(parsed: list[Any], sampled: bool) -> None:
+    """Refuse (exit 2) a sweep of more than MAX_JOBS jobs (a search: candidate values) before listing them; each
+    key's values are counted lazily, at most MAX_JOBS + 1 of them."""
+    from itertools import islice
+
+    total = 1
+    for override in parsed:
+        if not override.is_sweep_override() or not override.is_discrete_sweep():
+            continue
+        count = sum(1 for _ in islice(override.sweep_string_iterator(), MAX_JOBS + 1))
+        total = total + count - 1 if sampled else total * count
+        if total > MAX_JOBS:
+            what, line = "candidate values" if sampled else "jobs", override.input_line.lstrip("+")
+            raise ConfigError(f"'{line}': the sweep would have more than {MAX_JOBS:,} {what}; sweep fewer values")
+
+
 def _job_overrides(hydra: Any, lines: list[str], sampled: bool) -> list[list[str]]:
     """The grid BasicSweeper will launch; for a sampled search, one job per candidate value of each swept key
     (choices, interval ends), the other keys at their first: enough to validate every value."""
@@ -169,6 +177,8 @@ def _job_overrides(hydra: Any, lines: list[str], sampled: bool) -> list[list[str
             if override.is_sweep_override() and not override.is_discrete_sweep():
                 raise ConfigError(f"'{override.input_line}': the grid sweeper needs a list of values; sample a "
                                   "range with nin sweep --trials N")
+    _check_job_count(parsed, sampled)
+    if not sampled:
         return hydra_private().BasicSweeper.split_arguments(parsed, None)[0]
     fixed = [f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed if not o.is_sweep_override()]
     swept = [[f"{o.get_key_element()}={v}" for v in _candidates(o)] for o in parsed if o.is_sweep_override()]
@@ -192,7 +202,7 @@ def _validate(hydra: Any, plan: Plan) -> dict[int, str]:
     unknown key stops the sweep (exit 2); a bad value fails only the jobs that carry it, unless every job does."""
     invalid: dict[int, ConfigError] = {}
     for i, job in enumerate(plan.jobs):
-        composed = _compose(hydra, job)
+        composed = compose_hydra(hydra, job)
         try:
             cfg = _checked(composed)
         except UnknownKeyError:
@@ -237,20 +247,19 @@ def guarded_sweep_dir(sweep_dir: Path):
 def plan_sweep(overrides: list[str], sampled: bool = False) -> Plan:
     """Compose the sweep, list its jobs (`sampled`: the candidates a search may pick) and validate each one;
     nothing is written."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     # conf/config.yaml has no `sweep` default: a ready sweep is appended to the defaults list (`+sweep=X`).
     # `-m` out of a Hydra user's habit is harmless: nin sweep is always a multirun.
     overrides = [f"+{o}" if o.startswith("sweep=") else o for o in overrides if o not in ("-m", "--multirun")]
     check_overrides(overrides, allow_sweep=True)
     overrides = schema_overrides(overrides)  # as nin train: trainer.num_threads=2 works without a '+'
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
-        hydra = GlobalHydra.instance().hydra
+    with hydra_session() as hydra:
         _check_plugins(overrides, hydra.config_loader)
-        cfg = _compose(hydra, overrides, multirun=True)
+        cfg = compose_hydra(hydra, overrides, "multirun")
         choices = cfg.hydra.runtime.choices
         sweep_dir = Path(str(cfg.hydra.sweep.dir)).expanduser().absolute()
+        problem = output_dir_problem(sweep_dir)  # found before any job is planned, run or written
+        if problem:
+            raise ConfigError(f"hydra.sweep.dir={sweep_dir}: {problem}; give a writable directory")
         lines, sweeper = sweep_lines(cfg), "optuna" if sampled else choices["hydra/sweeper"]
         plan = Plan(_pin_sweep_dir(overrides, sweep_dir), sweep_dir, sweeper, choices["hydra/launcher"],
                     _job_overrides(hydra, lines, sweeper != "basic"), lines)

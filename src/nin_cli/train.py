@@ -96,7 +96,9 @@ log = logging.getLogger("nin")
 def stop_on_signals() -> Iterator[StopRequest]:
     """SIGINT / SIGTERM ask the loop to finish its step, save and exit 130 / 143; a second one leaves at once.
 
-    The handler only sets a flag (no logging or I/O: it may run in the middle of either)."""
+    SIGUSR2 (submitit's warning before a time limit or pre-emption, `--signal=USR2@90`) saves the same way and exits
+    140; inside a submitit job it then hands over to submitit's own handler (its checkpoint() and requeue), and
+    SIGTERM stays submitit's. The handler only sets a flag (no logging or I/O: it may run in the middle of either)."""
     stop = StopRequest()
 
     def handler(signum: int, frame: Any) -> None:
@@ -110,13 +112,32 @@ def stop_on_signals() -> Iterator[StopRequest]:
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
         yield stop
         return
-    # SIGUSR2: submitit's SLURM launcher warns a job this way before its time limit (`--signal=USR2@90`)
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
+    requeue = submitit_requeue_handler()
+    # under submitit, SIGTERM (SLURM's, as it pre-empts or requeues) is submitit's to ignore while it requeues
+    signals = (signal.SIGINT, signal.SIGUSR2) if requeue else (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    saved = False
     try:
         yield stop
+    except Interrupted:  # the loop saved last.pt before raising it
+        saved = True
+        raise
     finally:
         for sig, old in previous.items():  # after a stop the process is on its way out: another signal ends it
             signal.signal(sig, old if stop.signum is None else leave_now)
+        if saved and requeue is not None and stop.reason == signal.SIGUSR2:
+            log.warning("SIGUSR2: last.pt saved; handing over to submitit's checkpoint and requeue")
+            requeue(signal.SIGUSR2, None)  # submitit: checkpoint(), requeue, exit; returns only on ranks > 0
+
+
+def submitit_requeue_handler() -> Any:
+    """The SIGUSR2 handler submitit installed when this process is a submitit job (SUBMITIT_EXECUTOR is set for
+    its jobs, local or SLURM): its checkpoint-and-requeue. None elsewhere, and in a job's child processes (e.g.
+    `trainer.devices=N` workers), which inherit the variable but not the handler."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    previous = signal.getsignal(signal.SIGUSR2)
+    return previous if callable(previous) else None
 
 
 def train_step(loop: Loop, images: torch.Tensor, labels: torch.Tensor, steps: int) -> tuple[torch.Tensor, float]:
@@ -255,8 +276,8 @@ def report_progress(loop: Loop, steps: int, images_per_s: float) -> float:
 
 def stop_requested(loop: Loop) -> bool:
     """A signal received by this process or, with several, by any of them: all stop before the same step."""
-    loop.stop.signum = agree_stop(loop.stop.signum, loop.dist)
-    return loop.stop.signum is not None
+    loop.stop.agreed = agree_stop(loop.stop.signum, loop.dist)  # never into `signum`: see StopRequest
+    return loop.stop.agreed is not None
 
 
 def evaluate_shards(loop: Loop, split: Split, model: nn.Module | None = None) -> dict[str, float]:
@@ -320,7 +341,7 @@ def train_epochs(loop: Loop) -> None:
             break
         if train is None:
             log.warning("%s: saving a checkpoint at step %d, then stopping (again to stop at once)",
-                        signal.Signals(loop.stop.signum).name, state.step)
+                        signal.Signals(loop.stop.reason).name, state.step)
             save_checkpoints(loop, best=False)
             raise interrupted(loop)
         end_epoch(loop, train, epoch_start)
@@ -339,7 +360,7 @@ def out_of_time(loop: Loop) -> bool:
 
 
 def interrupted(loop: Loop) -> Interrupted:
-    signum, state = loop.stop.signum or signal.SIGINT, loop.state
+    signum, state = loop.stop.reason or signal.SIGINT, loop.state
     where = (f"at epoch {state.epoch + 1}, step {state.step}" if state.epoch_step else
              f"at epoch {state.epoch} (finished), step {state.step}")  # between epochs: the one that ended
     return Interrupted(f"{signal.Signals(signum).name}: stopped {where}; saved {loop.paths.last}; "

@@ -1,0 +1,213 @@
+"""The streaming path for image folders larger than memory (nin_cli/stream.py): the same batches as the resident
+path, bit-exact resume after kill -9 mid-epoch, bounded resident memory, unreadable images skipped and counted,
+and the ImageNet preset end to end on a generated ImageNet-format folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_forked
+from test_resume import assert_same_training
+
+ONE_THREAD = ["trainer.num_threads=1", "trainer.progress=plain"]
+
+
+def write_tree(root: Path, train: int, test: int, classes: int = 3, size: int = 12, test_dir: str = "test",
+               ext: str = "jpg") -> Path:
+    """train/<class>/*.<ext> and <test_dir>/<class>/*: random JPEGs, a little class signal in the mean colour.
+    Only a handful of distinct files are encoded; the rest are copies (a copy is a file like any other)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for c in range(classes):
+        samples = []
+        for k in range(4):
+            path = root / f"sample{c}_{k}.{ext}"
+            pixels = rng.integers(0, 160, (size, size + k, 3)) + 90 * np.eye(3, dtype=np.int64)[c % 3]
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+            samples.append(path)
+        for part, count in (("train", train), (test_dir, test)):
+            folder = root / part / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                shutil.copyfile(samples[i % 4], folder / f"{i:05d}.{ext}")
+    for path in root.glob(f"sample*.{ext}"):
+        path.unlink()
+    return root
+
+
+def folder_args(root: Path, cache: Path, *extra: str) -> list[str]:
+    return ["dataset=imagefolder", f"dataset.root={root}", f"dataset.cache_dir={cache}", *extra]
+
+
+# ------------------------------------------------------------------------------------------------ batches
+
+
+def test_crop_boxes_follow_torchvision_ranges_and_the_seed():
+    from nin_cli.data import crop_boxes
+
+    boxes = crop_boxes(2000, 256, 256, torch.Generator().manual_seed(3))
+    again = crop_boxes(2000, 256, 256, torch.Generator().manual_seed(3))
+    assert torch.equal(boxes, again)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert boxes[:, :2].min() >= 0 and boxes[:, 2].max() <= 256 and boxes[:, 3].max() <= 256
+    area = w * h / 256 ** 2
+    assert 0.07 < area.min() and area.max() <= 1.0 and 0.45 < area.mean() < 0.62  # uniform on [0.08, 1]: 0.54
+    assert (w / h).min() > 0.74 and (w / h).max() < 1.35
+
+
+def test_streamed_training_is_bit_identical_to_resident_training(tmp_path):
+    """Same generator, same augmentation code: only where the pixels come from differs (2 reader processes)."""
+    root = write_tree(tmp_path / "tree", train=14, test=4, size=12)
+    args = folder_args(root, tmp_path / "cache", "dataset.image_shape=[3,12,12]", "dataset.val_size=6",
+                       "dataset.translate=2", "dataset.flip=true", "model=nin_small", "trainer.batch_size=8",
+                       "trainer.epochs=2", *ONE_THREAD)
+    for mode in ("never", "always"):
+        result = run_forked("train", *args, f"dataset.stream={mode}", "dataset.workers=2", f"hydra.run.dir={mode}",
+                            cwd=tmp_path)
+        assert result.code == 0, result.err[-2000:]
+    assert len(list((tmp_path / "cache" / "stream").iterdir())) == 1
+    assert_same_training(tmp_path / "never", tmp_path / "always")
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def test_kill_9_mid_epoch_on_the_streaming_path_then_resume_is_bit_exact(tmp_path):
+    """test_resume's guarantee on streamed rows with random-resized crops: killed after steps 3, 7 (mid-epoch)
+    and 12, resumed each time, the run ends bit-identical to one never interrupted."""
+    root = write_tree(tmp_path / "tree", train=12, test=3, size=14)
+    args = folder_args(root, tmp_path / "cache", "dataset.stream=always", "dataset.resize=14",
+                       "dataset.image_shape=[3,10,10]", "dataset.val_size=6", "dataset.flip=true",
+                       "dataset.workers=2", "model=nin_small", "model.blocks.0.kernel=3", "model.blocks.0.padding=1",
+                       "trainer.batch_size=6", "trainer.epochs=3", "trainer.checkpoint_every_steps=4", *ONE_THREAD)
+    assert run_forked("train", *args, "hydra.run.dir=reference", cwd=tmp_path).code == 0
+    for i, step in enumerate((3, 7, 12)):
+        result = run_forked("train", *(args if i == 0 else []), "hydra.run.dir=run", cwd=tmp_path,
+                            env={"NIN_FAULT_INJECT": f"after_step@{step}=kill"})
+        assert result.code == -9, result.err[-2000:]
+    final = run_forked("train", "hydra.run.dir=run", cwd=tmp_path)
+    assert final.code == 0 and "resuming from" in final.err, final.err[-2000:]
+    assert_same_training(tmp_path / "reference", tmp_path / "run")
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (DataLoader workers, decoders), MB, from /proc."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
+def run_measured(args: list[str], cwd: Path, every_s: float = 0.02) -> tuple[int, float, str]:
+    """`nin ARGS` in a subprocess: exit code, peak resident memory of its process tree (MB), stderr."""
+    log = (cwd / "stderr.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "nin_cli", *args], cwd=cwd, stdout=log, stderr=log,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_mb(proc.pid))
+        time.sleep(every_s)
+    log.close()
+    return proc.returncode, peak, (cwd / "stderr.log").read_text()
+
+
+BOUND_MB = 1100  # the whole process tree: python + torch + nin (~450 MB), 2 decoders, then 2 readers
+
+
+def test_training_on_a_folder_3x_larger_than_the_memory_bound_stays_under_it(tmp_path):
+    """3,600 small JPEGs stored at 3×320×320: 3.3 GB decoded, 3× the bound. The streamed run decodes them all
+    (2 processes), fits mean/std over every training row, trains a few steps and evaluates; its processes' peak
+    resident memory, summed, stays under the bound (the resident path would hold all 3.3 GB)."""
+    root = write_tree(tmp_path / "tree", train=1150, test=50, size=16)
+    args = ["train", *folder_args(root, tmp_path / "cache", "dataset.resize=320", "dataset.image_shape=[3,32,32]",
+                                  "dataset.val_size=30", "dataset.flip=true", "dataset.workers=2"),
+            "model=nin_small", "trainer.batch_size=16", "trainer.max_steps_per_epoch=4", "trainer.epochs=1",
+            "trainer.eval_batch_size=16", *ONE_THREAD, f"hydra.run.dir={tmp_path / 'run'}"]
+    code, peak, err = run_measured(args, tmp_path)
+    assert code == 0, err[-2000:]
+    decoded = sum(f.stat().st_size for f in (tmp_path / "cache" / "stream").rglob("*.u8"))
+    assert decoded > 3 * BOUND_MB * 2 ** 20, decoded
+    assert peak < BOUND_MB, f"peak resident memory {peak:.0f} MB, bound {BOUND_MB} MB"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["final"]["test_error"] >= 0 if "final" in summary else True
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def test_unreadable_images_are_skipped_counted_and_named(nin, tmp_path):
+    root = write_tree(tmp_path / "tree", train=4, test=2, size=8)
+    (root / "train" / "class1" / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    (root / "train" / "class2" / "empty.jpg").write_bytes(b"")
+    result = nin("data", *folder_args(root, tmp_path / "cache", "dataset.stream=always", "dataset.val_size=3",
+                                      "dataset.image_shape=[3,8,8]"), "--json")
+    assert result.code == 0, result.err
+    report = result.json()
+    assert report["stream"] is True and report["splits"] == {"train": 9, "val": 3, "test": 6}
+    assert [line.split(":")[0] for line in report["skipped"]] == [str(root / "train" / "class1" / "broken.jpg"),
+                                                                  str(root / "train" / "class2" / "empty.jpg")]
+    text = nin("data", *folder_args(root, tmp_path / "cache", "dataset.stream=always", "dataset.val_size=3",
+                                    "dataset.image_shape=[3,8,8]"))
+    assert text.code == 0 and "2 unreadable images skipped" in text.out and "Traceback" not in text.err
+
+
+def test_auto_streams_above_the_threshold_and_refuses_what_cannot_stream(nin, tmp_path):
+    root = write_tree(tmp_path / "tree", train=4, test=2, size=8)
+    args = folder_args(root, tmp_path / "cache", "dataset.val_size=3", "dataset.image_shape=[3,8,8]")
+    assert nin("data", *args, "--json").json()["stream"] is False  # 3.5 KB: far below 8 GB
+    small = nin("data", *args, "dataset.stream_above_gb=0.000001", "--json").json()
+    assert small["stream"] is True and small["decoded_gb"] == pytest.approx(18 * 192 / 1e9, abs=1e-3)
+    refused = nin("data", "dataset=synthetic", "dataset.stream=always")
+    assert refused.code == 2 and "only image folders stream" in refused.err
+    zca = nin("data", *args, "dataset.stream=always", "dataset.preprocessing=gcn_zca")
+    assert zca.code == 2 and "dataset.preprocessing=gcn_zca" in zca.err
+
+
+# ------------------------------------------------------------------------------------------------ ImageNet
+
+
+@pytest.mark.slow
+def test_imagenet_preset_trains_evaluates_and_exports_on_an_imagenet_format_folder(nin, tmp_path):
+    """train/<class>/*.JPEG and val/<class>/*.JPEG, streamed, the preset's own path: stored at 256, random-resized
+    224 crops and flips in training, the centre 224 crop in evaluation; narrower layers to stay fast."""
+    root = write_tree(tmp_path / "imagenet", train=6, test=2, classes=3, size=40, test_dir="val", ext="JPEG")
+    args = ["experiment=imagenet_nin", f"dataset.root={root}", f"dataset.cache_dir={tmp_path / 'cache'}",
+            "dataset.stream=always", "dataset.val_size=3", "dataset.num_classes=3", "trainer.batch_size=5",
+            "trainer.epochs=1", "trainer.eval_batch_size=4", "model.blocks.0.widths=[8,8,8]",
+            "model.blocks.1.widths=[8,8,8]", "model.blocks.2.widths=[8,8,8]", "model.blocks.3.widths=[8,8,null]",
+            *ONE_THREAD]
+    report = nin("data", *args, "--json")
+    assert report.code == 0, report.err
+    assert report.json()["splits"] == {"train": 15, "val": 3, "test": 6} and report.json()["stream"] is True
+    assert report.json()["image_shape"] == [3, 224, 224] and report.json()["stored_shape"] == [3, 256, 256]
+    trained = nin("train", *args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert trained.code == 0, trained.err[-2000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    evaluated = nin("eval", ckpt, "--json")
+    assert evaluated.code == 0, evaluated.err
+    assert evaluated.json()["n"] == 6 if "n" in evaluated.json() else True
+    exported = nin("export", ckpt, "--format", "onnx", "--out", tmp_path / "nin.onnx")
+    assert exported.code == 0, exported.err
+    assert (tmp_path / "nin.onnx").stat().st_size > 10_000

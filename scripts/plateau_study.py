@@ -4,6 +4,7 @@ plateau (an epoch's training loss below --exit-loss) runs --after more epochs to
 with SIGTERM (it saves last.pt and exits 143). Seeds run --parallel at a time, one thread each.
 
     python scripts/plateau_study.py --seeds 0 1 2 --out docs/plateau_study   # writes plateau.md, plateau.json
+    python scripts/plateau_study.py --report RUN_DIR... --out DIR            # the table of runs made before
 
 Per seed it reports: the epoch and the first logged step whose training loss is below --exit-loss, the training loss
 after each epoch, the validation error at the end, and any collapse (exit 5) with its step.
@@ -58,23 +59,41 @@ def watch(procs: dict[int, subprocess.Popen], args, out: Path) -> None:
         time.sleep(5)
 
 
-def report(seed: int, rc: int, out: Path, exit_loss: float, wall: float) -> dict:
-    run_dir = out / f"seed{seed}"
+def report(seed: int, rc: int, out: Path, exit_loss: float, wall: float, run_dir: Path | None = None) -> dict:
+    run_dir = run_dir or out / f"seed{seed}"
     rows = epochs_of(run_dir)
     steps = step_losses(run_dir)
     left_epoch = next((r["epoch"] for r in rows if (r.get("train_loss") or 9) < exit_loss), None)
     left_step = next((s for s, v in steps if v < exit_loss), None)
-    text = (out / f"seed{seed}.out").read_text(errors="replace")
+    log = run_dir.parent / f"{run_dir.name}.out"
+    text = log.read_text(errors="replace") if log.is_file() else (run_dir / "train.log").read_text(errors="replace")
     collapse = next((line for line in text.splitlines() if "collapsed at step" in line), None)
-    return {"seed": seed, "exit_code": rc, "epochs_run": len(rows), "left_plateau_epoch": left_epoch,
-            "left_plateau_step": left_step, "train_loss_per_epoch": [round(r["train_loss"], 4) for r in rows],
+    return {"seed": seed, "run_dir": str(run_dir), "exit_code": rc, "epochs_run": len(rows),
+            "left_plateau_epoch": left_epoch, "left_plateau_step": left_step,
+            "train_loss_per_epoch": [round(r["train_loss"], 4) for r in rows],
             "last_val_error": rows[-1]["val_error"] if rows else None, "collapse": collapse, "wall_s": round(wall)}
 
 
+def seed_of(run: Path) -> int:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())["trainer"]["seed"]
+
+
+def exit_code_of(run: Path) -> int:
+    """From what the run left: finished (summary.json) 0, its last line's exit, else 143 (stopped by SIGTERM)."""
+    log = run.parent / f"{run.name}.out"
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    if (run / "summary.json").is_file():
+        return 0
+    return 5 if "collapsed at step" in text else 143
+
+
 def write(results: list[dict], out: Path, args) -> None:
-    (out / "plateau.json").write_text(json.dumps({"args": vars(args), "seeds": results}, indent=2) + "\n")
-    lines = ["| seed | left the plateau (train loss < %g): epoch / first logged step | train loss per epoch | "
-             "val error at the end | outcome | wall s |" % args.exit_loss, "|---:|---|---|---:|---|---:|"]
+    record = {"args": vars(args), "seeds": results}
+    (out / "plateau.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    lines = [f"| seed | left the plateau (train loss < {args.exit_loss:g}): epoch / first logged step | train loss "
+             "per epoch | val error at the end | outcome | wall s |", "|---:|---|---|---:|---|---:|"]
     for r in results:
         left = f"{r['left_plateau_epoch']} / {r['left_plateau_step']}" if r["left_plateau_epoch"] else "not by the end"
         outcome = r["collapse"] or {0: "finished", 143: "stopped after the exit (SIGTERM)"}.get(r["exit_code"],
@@ -94,9 +113,14 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--root", default="~/.cache/nin/data")
     parser.add_argument("--out", type=Path, default=Path("docs/plateau_study"))
+    parser.add_argument("--report", type=Path, nargs="+", help="only report these finished or stopped run dirs")
     parser.add_argument("overrides", nargs="*", help="extra nin train overrides")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        write([report(seed_of(run), exit_code_of(run), args.out, args.exit_loss, 0, run) for run in args.report],
+              args.out, args)
+        return
     results, pending = [], list(args.seeds)
     while pending:
         batch, pending = pending[:args.parallel], pending[args.parallel:]

@@ -95,6 +95,12 @@ def test_to_config_rejects_wrong_nested_types():
         to_config(raw)
 
 
-def test_conf_dir_is_the_repo_conf():
-    assert (REPO / "conf" / "config.yaml").exists()
+def test_conf_dir_is_the_repo_conf(monkeypatch):
+    from nin_cli.overrides import config_dir
+
+    monkeypatch.delenv("NIN_CONFIG_DIR", raising=False)
     assert Path(__file__).resolve().parents[1] == REPO
+    assert config_dir().resolve() == (REPO / "conf").resolve()  # the editable install reads the checkout's conf/
+    assert (config_dir() / "config.yaml").is_file()
+    monkeypatch.setenv("NIN_CONFIG_DIR", "/elsewhere/conf")
+    assert config_dir() == Path("/elsewhere/conf")

@@ -133,7 +133,6 @@ def test_sigterm_to_the_launcher_reaches_every_worker_once(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     run = tmp_path / "run"
     # schedule=constant: the plateau rule would end these 1000 epochs after ~20 (2 s), racing the signal

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import FAST
 from nin_cli.checkpoint import load_checkpoint
@@ -32,7 +33,9 @@ def test_a_finished_run_without_checkpoints_is_refused_not_retrained(nin, tiny_r
     kept = ["metrics.jsonl", "summary.json", "tb"]
     before = contents(run, kept)
     assert len(before) >= 3
+    threads = torch.get_num_threads()
     result = nin("train", f"hydra.run.dir={run}")
+    torch.set_num_threads(threads)  # the run's trainer.num_threads=1 is process-wide
     assert result.code == 3, result.err
     assert len(result.err_lines) == 1 and str(run / "summary.json") in result.err
     assert "start over" in result.err and "Traceback" not in result.err
@@ -44,8 +47,6 @@ def test_a_finished_run_without_checkpoints_is_refused_not_retrained(nin, tiny_r
 def two_epochs(tmp_path_factory) -> Path:
     """A 2-epoch run that kept both epochs' checkpoints (epoch_0001.pt, epoch_0002.pt)."""
     import sys
-
-    import torch
 
     from nin_cli.cli import main
 

@@ -59,7 +59,9 @@ def test_presets_carry_the_authors_recipe(presets):
         shape, classes, _ = EXPECTED[name]
         assert cfg.experiment == name
         assert (cfg.dataset.image_shape, cfg.dataset.num_classes) == (shape, classes), name
-        assert cfg.trainer.batch_size == 128 and cfg.optim.momentum == 0.9 and cfg.trainer.collapse_epochs == 5
+        assert cfg.trainer.batch_size == 128 and cfg.optim.momentum == 0.9
+        # the stall guard: on everywhere but MNIST, whose authors' start sits on the class prior for epochs
+        assert cfg.trainer.collapse_epochs == (0 if name == "paper_mnist" else 5), name
         assert cfg.dataset.train_on == "train", name  # model choice here; the table runner retrains on train+val
     for name in CIFAR:
         cfg = presets[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,17 @@ from test_sweep import TINY, assert_rows_match_runs, summary_rows
 optuna = pytest.importorskip("optuna")  # the sweep extra: `make` installs it, so make test runs these
 
 from nin_cli import search  # noqa: E402
+
+
+def trial_files(sweep: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file of every trial directory: (size, modification time, lines), by path under the sweep."""
+    found = {}
+    for path in sorted(sweep.glob("[0-9]*/**/*")):
+        if path.is_file():
+            info = path.stat()
+            lines = path.read_bytes().count(b"\n") if path.suffix in (".jsonl", ".log") else 0
+            found[path.relative_to(sweep).as_posix()] = (info.st_size, info.st_mtime_ns, lines)
+    return found
 
 
 def test_search_minimises_validation_error_and_continues_the_study(nin, tmp_path):
@@ -31,12 +43,18 @@ def test_search_minimises_validation_error_and_continues_the_study(nin, tmp_path
         assert overrides["head"] in ("gap", "fc") and 0.01 <= float(overrides["optim.lr"]) <= 0.1
     assert (sweep / search.STUDY).is_file()
 
+    trained = trial_files(sweep)
+    assert sorted({name.split("/")[0] for name in trained}) == ["0", "1", "2"]
     again = nin(*args)  # the study has its 3 trials: nothing runs, the summary is the same
     assert again.code == 0, again.err
     assert len(summary_rows(sweep)) == 3
+    assert trial_files(sweep) == trained  # no trial re-ran: every file of every trial as it was, no new trial
     more = nin(*[a if a != "3" else "5" for a in args])  # the same study, continued to 5 trials
     assert more.code == 0, more.err
     assert_rows_match_runs(sweep, 5)
+    continued = trial_files(sweep)
+    assert {k: v for k, v in continued.items() if k.split("/")[0] in ("0", "1", "2")} == trained  # only 3, 4 ran
+    assert sorted({name.split("/")[0] for name in continued}) == ["0", "1", "2", "3", "4"]
     study = optuna.load_study(study_name="nin", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(sweep / search.STUDY))))
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]

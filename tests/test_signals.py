@@ -59,9 +59,10 @@ def test_a_second_signal_during_the_save_exits_at_once_and_corrupts_nothing(tmp_
         f"nin: error: interrupted again: stopped at once (exit {code}); the last checkpoint is kept")
     assert last_checkpoint(tmp_path / "run")["state"]["step"] == 12  # the save before, intact
     assert not temp_files(tmp_path / "run")
-    if sig == "int":  # and the run goes on as if nothing happened
-        assert run_forked("train", "hydra.run.dir=run", cwd=tmp_path).code == 0
-        assert_same_training(reference, tmp_path / "run")
+    resumed = run_forked("train", "hydra.run.dir=run", cwd=tmp_path)  # and the run goes on as if nothing happened
+    assert resumed.code == 0, resumed.err
+    assert "resuming from" in resumed.err and "at epoch 2, step 12" in resumed.err
+    assert_same_training(reference, tmp_path / "run")
 
 
 def wait_for(path: Path, timeout: float = 60) -> None:
@@ -71,29 +72,66 @@ def wait_for(path: Path, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("signals, code", [((signal.SIGTERM,), 143), ((signal.SIGINT, signal.SIGINT), 130)])
-def test_signals_from_outside_stop_a_long_run_cleanly(tmp_path, signals, code):
-    """Sent from another process at an arbitrary moment (twice in a row for the Ctrl-C case)."""
+def wait_for_text(path: Path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or text not in path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
+        time.sleep(0.02)
+
+
+def send_one(pid: int, run: Path) -> None:
+    os.kill(pid, signal.SIGTERM)
+
+
+def send_after_acknowledged(pid: int, run: Path) -> None:
+    """The second Ctrl-C only once the first is acknowledged in train.log (sent back to back, the kernel merges
+    two of the same signal into one): it lands while the run saves or leaves, never as a first request."""
+    os.kill(pid, signal.SIGINT)
+    wait_for_text(run / "train.log", "SIGINT: saving a checkpoint at step")
+    os.kill(pid, signal.SIGINT)
+
+
+def send_two_while_stopped(pid: int, run: Path) -> None:
+    """Two different signals pending at once (the process stopped meanwhile): Python runs SIGINT's handler, then
+    SIGTERM's, which finds a stop already requested: the "second signal leaves at once" path, deterministically."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("send, code, last_line", [
+    (send_one, 143, "nin: error: SIGTERM: stopped at epoch "),
+    (send_after_acknowledged, 130, "nin: error: "),
+    (send_two_while_stopped, 143, "nin: error: interrupted again: stopped at once (exit 143); the last checkpoint "
+                                  "is kept"),
+], ids=["sigterm", "sigint-twice", "second-leaves-at-once"])
+def test_signals_from_outside_stop_a_long_run_cleanly(tmp_path, send, code, last_line):
+    """Sent from another process at an arbitrary moment of a long run."""
     import multiprocessing
     import threading
 
-    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.pt"
     outcome: dict = {}
     worker = threading.Thread(target=lambda: outcome.update(r=run_forked(
         "train", *TINY, "trainer.epochs=500", "hydra.run.dir=run", cwd=tmp_path)))
     worker.start()
     wait_for(last)  # training is under way
     (child,) = multiprocessing.active_children()
-    for sig in signals:
-        os.kill(child.pid, sig)
+    send(child.pid, run)
     worker.join(60)
     result = outcome["r"]
     assert result.code == code, result.err
-    assert "Traceback" not in result.err and result.err_lines[-1].startswith("nin: ")
+    assert "Traceback" not in result.err and result.err_lines[-1].startswith(last_line), result.err
+    if send is send_after_acknowledged:  # the second, during the save or after it: at once, or as the first said
+        assert result.err_lines[-1].startswith(("nin: error: interrupted again", "nin: error: SIGINT: stopped"))
     from nin_cli.checkpoint import load_checkpoint
 
     assert load_checkpoint(last)["state"]["step"] >= 3  # complete, integrity checked
-    assert not temp_files(tmp_path / "run")
+    assert not temp_files(run)
 
 
 def test_forced_nan_exits_5_within_one_step_and_no_checkpoint_holds_it(nin, tmp_path, monkeypatch):

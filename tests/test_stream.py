@@ -4,7 +4,6 @@ and the ImageNet preset end to end on a generated ImageNet-format folder."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -17,13 +16,13 @@ import pytest
 import torch
 
 from conftest import run_forked
-from test_resume import assert_same_training
+from test_resume import assert_same, assert_same_training, metrics
 
 ONE_THREAD = ["trainer.num_threads=1", "trainer.progress=plain"]
 
 
 def write_tree(root: Path, train: int, test: int, classes: int = 3, size: int = 12, test_dir: str = "test",
-               ext: str = "jpg") -> Path:
+               ext: str = "jpg", vary: int = 1) -> Path:
     """train/<class>/*.<ext> and <test_dir>/<class>/*: random JPEGs, a little class signal in the mean colour.
     Only a handful of distinct files are encoded; the rest are copies (a copy is a file like any other)."""
     from PIL import Image
@@ -34,7 +33,7 @@ def write_tree(root: Path, train: int, test: int, classes: int = 3, size: int = 
         samples = []
         for k in range(4):
             path = root / f"sample{c}_{k}.{ext}"
-            pixels = rng.integers(0, 160, (size, size + k, 3)) + 90 * np.eye(3, dtype=np.int64)[c % 3]
+            pixels = rng.integers(0, 160, (size, size + k * vary, 3)) + 90 * np.eye(3, dtype=np.int64)[c % 3]
             Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=90)
             samples.append(path)
         for part, count in (("train", train), (test_dir, test)):
@@ -78,19 +77,24 @@ def test_streamed_training_is_bit_identical_to_resident_training(tmp_path):
                             cwd=tmp_path)
         assert result.code == 0, result.err[-2000:]
     assert len(list((tmp_path / "cache" / "stream").iterdir())) == 1
-    assert_same_training(tmp_path / "never", tmp_path / "always")
+    resident, streamed = (torch.load(tmp_path / mode / "checkpoints" / "last.pt", weights_only=True)
+                          for mode in ("never", "always"))
+    for key in resident.keys() - {"sha256", "config", "provenance"}:  # the config differs in dataset.stream alone
+        assert_same(resident[key], streamed[key], key)
+    assert metrics(tmp_path / "never") == metrics(tmp_path / "always")
 
 
 # ------------------------------------------------------------------------------------------------ resume
 
 
 def test_kill_9_mid_epoch_on_the_streaming_path_then_resume_is_bit_exact(tmp_path):
-    """test_resume's guarantee on streamed rows with random-resized crops: killed after steps 3, 7 (mid-epoch)
-    and 12, resumed each time, the run ends bit-identical to one never interrupted."""
-    root = write_tree(tmp_path / "tree", train=12, test=3, size=14)
-    args = folder_args(root, tmp_path / "cache", "dataset.stream=always", "dataset.resize=14",
-                       "dataset.image_shape=[3,10,10]", "dataset.val_size=6", "dataset.flip=true",
-                       "dataset.workers=2", "model=nin_small", "model.blocks.0.kernel=3", "model.blocks.0.padding=1",
+    """test_resume's guarantee on streamed rows with random-resized crops (5 steps an epoch, a checkpoint every 4):
+    killed after steps 3, 7 and 12, resumed each time (the last from step 8, mid-epoch 2), the run ends
+    bit-identical to one never interrupted."""
+    root = write_tree(tmp_path / "tree", train=12, test=3, size=16)
+    args = folder_args(root, tmp_path / "cache", "dataset.stream=always", "dataset.resize=16",
+                       "dataset.image_shape=[3,12,12]", "dataset.val_size=6", "dataset.flip=true",
+                       "dataset.workers=2", "model=nin_small",
                        "trainer.batch_size=6", "trainer.epochs=3", "trainer.checkpoint_every_steps=4", *ONE_THREAD)
     assert run_forked("train", *args, "hydra.run.dir=reference", cwd=tmp_path).code == 0
     for i, step in enumerate((3, 7, 12)):
@@ -106,13 +110,14 @@ def test_kill_9_mid_epoch_on_the_streaming_path_then_resume_is_bit_exact(tmp_pat
 
 
 def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants (DataLoader workers, decoders), MB, from /proc."""
+    """Resident memory of a process and all its descendants (DataLoader readers), MB: the sum of their
+    proportional set sizes (a page shared by forked copies counts once in all, not once in each)."""
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
         try:
-            status = Path(f"/proc/{p}/status").read_text()
-            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+            total += int(next(line.split()[1] for line in rollup.splitlines() if line.startswith("Pss:")))
             for task in os.listdir(f"/proc/{p}/task"):
                 todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
         except (OSError, StopIteration):
@@ -133,25 +138,26 @@ def run_measured(args: list[str], cwd: Path, every_s: float = 0.02) -> tuple[int
     return proc.returncode, peak, (cwd / "stderr.log").read_text()
 
 
-BOUND_MB = 1100  # the whole process tree: python + torch + nin (~450 MB), 2 decoders, then 2 readers
+BOUND_MB = 950  # the whole process tree: python + torch + torchvision + nin alone take ~700 MB, then 2 readers
 
 
 def test_training_on_a_folder_3x_larger_than_the_memory_bound_stays_under_it(tmp_path):
-    """3,600 small JPEGs stored at 3×320×320: 3.3 GB decoded, 3× the bound. The streamed run decodes them all
-    (2 processes), fits mean/std over every training row, trains a few steps and evaluates; its processes' peak
-    resident memory, summed, stays under the bound (the resident path would hold all 3.3 GB)."""
-    root = write_tree(tmp_path / "tree", train=1150, test=50, size=16)
-    args = ["train", *folder_args(root, tmp_path / "cache", "dataset.resize=320", "dataset.image_shape=[3,32,32]",
+    """5,010 JPEGs at 448×448: 3.0 GB decoded, over 3× the bound. The run (auto: above dataset.stream_above_gb=1)
+    decodes them all (2 threads), fits mean/std over every training row, trains a few steps and evaluates; its
+    processes' peak memory, summed, stays under the bound (the resident path would hold all 3.0 GB)."""
+    root = write_tree(tmp_path / "tree", train=1620, test=50, size=448, vary=0)  # stored as they are: no resize
+    args = ["train", *folder_args(root, tmp_path / "cache", "dataset.resize=448", "dataset.stream_above_gb=1",
+                                  "dataset.image_shape=[3,32,32]",
                                   "dataset.val_size=30", "dataset.flip=true", "dataset.workers=2"),
             "model=nin_small", "trainer.batch_size=16", "trainer.max_steps_per_epoch=4", "trainer.epochs=1",
             "trainer.eval_batch_size=16", *ONE_THREAD, f"hydra.run.dir={tmp_path / 'run'}"]
     code, peak, err = run_measured(args, tmp_path)
     assert code == 0, err[-2000:]
     decoded = sum(f.stat().st_size for f in (tmp_path / "cache" / "stream").rglob("*.u8"))
+    print(f"peak {peak:.0f} MB, decoded {decoded / 2 ** 20:.0f} MB")
     assert decoded > 3 * BOUND_MB * 2 ** 20, decoded
     assert peak < BOUND_MB, f"peak resident memory {peak:.0f} MB, bound {BOUND_MB} MB"
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["final"]["test_error"] >= 0 if "final" in summary else True
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -207,7 +213,7 @@ def test_imagenet_preset_trains_evaluates_and_exports_on_an_imagenet_format_fold
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
     evaluated = nin("eval", ckpt, "--json")
     assert evaluated.code == 0, evaluated.err
-    assert evaluated.json()["n"] == 6 if "n" in evaluated.json() else True
+    assert evaluated.json()["n"] == 6
     exported = nin("export", ckpt, "--format", "onnx", "--out", tmp_path / "nin.onnx")
     assert exported.code == 0, exported.err
     assert (tmp_path / "nin.onnx").stat().st_size > 10_000

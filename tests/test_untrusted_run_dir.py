@@ -7,13 +7,16 @@ instantiated or created; a canary file proves the payload never ran.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import FAST
+from nin_cli.checkpoint import load_checkpoint
 
 
 def callback(target: str, **kwargs: str) -> str:
@@ -91,6 +94,18 @@ def test_the_run_s_own_overrides_still_replay(nin, shared_run):
 
     replayed = resume_overrides([f"hydra.run.dir={shared_run}"])
     assert [o.lstrip("+") for o in replayed if not o.startswith("hydra.run.dir")][:len(FAST)] == FAST
+    last = shared_run / "checkpoints" / "last.pt"
+    metrics, weights = (shared_run / "metrics.jsonl").read_bytes(), load_checkpoint(last)
+    summary = json.loads((shared_run / "summary.json").read_text())
+    threads = torch.get_num_threads()
+    result = nin("train", f"hydra.run.dir={shared_run}")
+    torch.set_num_threads(threads)  # the run's trainer.num_threads=1 is process-wide
+    assert result.code == 0, result.err
+    assert f"resuming from {last} at epoch 3, step 10" in result.err  # finished: no step trained again
+    assert (shared_run / "metrics.jsonl").read_bytes() == metrics
+    again = load_checkpoint(last)
+    assert again["state"]["step"] == 10 and all(torch.equal(again["model"][k], v) for k, v in weights["model"].items())
+    assert json.loads((shared_run / "summary.json").read_text())["test_error"] == summary["test_error"]
 
 
 def test_a_run_that_diverges_before_any_save_does_not_promise_a_checkpoint(nin, tmp_path, monkeypatch):

@@ -29,10 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from nin_cli.config import NinConfig
-from nin_cli.data import Data, Split
+from nin_cli.data import Data, Split, to_input
 from nin_cli.errors import ConfigError
 from nin_cli.files import one_line
-from nin_cli.runtime import autocast, tune_malloc
+from nin_cli.metrics import evaluate
+from nin_cli.model import build_model
+from nin_cli.runs import RunPaths
+from nin_cli.runtime import autocast, autocast_dtype, resolve_device, set_tf32, tune_malloc, with_precision
+from nin_cli.schedule import build_optimizer
+from nin_cli.train import new_loop, train_one_epoch
 
 # Environment variables that change CPU speed; the report records them.
 TUNING_ENV = ("OMP_", "GOMP_", "KMP_", "MKL_", "DNNL_", "ONEDNN_", "GLIBC_TUNABLES", "LD_PRELOAD", "TORCHINDUCTOR_")
@@ -134,7 +139,6 @@ def flops_per_image(cfg: NinConfig, shape: list[int], classes: int) -> tuple[int
     """(forward, training step) FLOPs of one image, counted on a CPU copy with a batch of two."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from nin_cli.model import build_model
 
     net = build_model(cfg.model, cfg.head, shape, classes)
     x, y = torch.randn(2, *shape), torch.tensor([0, classes - 1])
@@ -194,8 +198,6 @@ def bench_config(cfg: NinConfig, steps: int) -> NinConfig:
 def make_trainee(cfg: NinConfig, device: torch.device, channels_last: bool, compile_: bool, bare: bool) -> Trainee:
     """The nin pipeline's optimizer comes from `train.build_optimizer` (per-layer groups); the others' from the
     textbook one-liner."""
-    from nin_cli.model import build_model
-    from nin_cli.schedule import build_optimizer
 
     shape, classes = image_spec(cfg)
     model = build_model(cfg.model, cfg.head, shape, classes).to(device)
@@ -265,7 +267,6 @@ class Pipelines:
 
 
 def preloaded(split: Split, batch: int, preprocessing: dict, channels_last: bool) -> list:
-    from nin_cli.data import to_input
 
     return [(to_input(split.images[i:i + batch], preprocessing, channels_last), split.labels[i:i + batch])
             for i in range(0, len(split), batch)]
@@ -296,8 +297,6 @@ def build_pipelines(cfg: NinConfig, opts: BenchOptions, device: torch.device) ->
 def time_nin_train(p: Pipelines) -> float:
     """Seconds for one `train_one_epoch` of `steps` steps: batch order, augmentation, `to_input`, lr, step,
     device-side accumulation and its read-back, exactly as `nin train` runs them."""
-    from nin_cli.runs import RunPaths
-    from nin_cli.train import new_loop, train_one_epoch
 
     t = p.nin
     loop = new_loop(p.cfg, RunPaths(Path(os.devnull)), p.data, t.model, t.step_model, t.optimizer, t.scaler)
@@ -307,8 +306,6 @@ def time_nin_train(p: Pipelines) -> float:
 
 
 def time_nin_eval(p: Pipelines) -> float:
-    from nin_cli.metrics import evaluate
-    from nin_cli.runtime import autocast_dtype
 
     tr = p.cfg.trainer
     start = p.clock()
@@ -318,7 +315,6 @@ def time_nin_eval(p: Pipelines) -> float:
 
 
 def time_bare_train(p: Pipelines) -> float:
-    from nin_cli.runtime import autocast_dtype
 
     t, amp, kind = p.bare, autocast_dtype(p.cfg.trainer.precision), p.device.type
     t.model.train()
@@ -336,7 +332,6 @@ def time_bare_train(p: Pipelines) -> float:
 
 @torch.no_grad()
 def time_bare_eval(p: Pipelines) -> float:
-    from nin_cli.runtime import autocast_dtype
 
     amp = autocast_dtype(p.cfg.trainer.precision)
     p.bare.model.eval()
@@ -469,7 +464,6 @@ def summarize(rows: list[dict], flops: tuple[int, int], peak_bf16: float | None,
 
 def run_bench(cfg: NinConfig, opts: BenchOptions) -> dict:
     """Everything `nin bench --json` prints."""
-    from nin_cli.runtime import resolve_device, set_tf32, with_precision
 
     device = resolve_device(cfg.trainer.device)
     cfg, precision_why = with_precision(cfg, device)  # trainer.precision=auto: what a training here would use
@@ -508,7 +502,6 @@ def profile_nin_step(cfg: NinConfig, opts: BenchOptions, rows: int = 20) -> str:
     """torch.profiler's table of the ops of one `train_one_epoch` (after a warm-up one), by self time."""
     from torch.profiler import ProfilerActivity, profile
 
-    from nin_cli.runtime import resolve_device, with_precision
 
     device = resolve_device(cfg.trainer.device)
     cfg, _ = with_precision(cfg, device)

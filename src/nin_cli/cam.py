@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nin_cli.data import to_input
+from nin_cli.data import raw_test_images, to_input
 from nin_cli.errors import ConfigError, DataError
 from nin_cli.files import atomic_write, one_line, prepare_output_dir
 from nin_cli.maps import cam_grid, class_maps_and_probs
+from nin_cli.trained import load_trained
 
 # ------------------------------------------------------------------------------------------------- nin cam
 
@@ -43,7 +44,6 @@ def load_image(path: Path, shape: list[int]) -> torch.Tensor:
 
 def test_images(trained, count: int) -> tuple[torch.Tensor, list[str]]:
     """The first `count` test images of the checkpoint's dataset as uint8, titled with their true class."""
-    from nin_cli.data import raw_test_images
 
     test = raw_test_images(trained.cfg.dataset, count)
     return test.images, [f"test #{i}, true {trained.classes[c]}" for i, c in enumerate(test.labels.tolist())]
@@ -52,7 +52,6 @@ def test_images(trained, count: int) -> tuple[torch.Tensor, list[str]]:
 def cam_command(path: Path, images: list[Path], top: int, out: Path | None, test: int = 0) -> None:
     """`nin cam`: cam.png and cam.json under `out` (default: next to the checkpoint), predictions printed.
     `test` > 0 shows that many test images of the checkpoint's dataset instead of (or after) image files."""
-    from nin_cli.trained import load_trained
 
     trained = load_trained(path, device="cpu")
     if trained.cfg.head.type != "gap":

@@ -349,6 +349,10 @@ def _check_consistency(cfg: NinConfig) -> None:
     if cfg.schedule.by_time and cfg.trainer.devices > 1:  # each process's clock would give its own lr
         raise ConfigError(f"schedule.by_time=true runs in one process: trainer.devices={cfg.trainer.devices}")
     devices = cfg.trainer.devices
+    if devices > 1 and cfg.trainer.collapse_restarts:  # each rank's fit would need to restart in step: not built
+        raise ConfigError(f"trainer.collapse_restarts={cfg.trainer.collapse_restarts} runs in one process; with "
+                          f"trainer.devices={devices} set trainer.collapse_restarts=0 (the step guard still stops "
+                          "a collapse with exit 5)")
     if devices > 1 and cfg.trainer.batch_size % devices:
         raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is the global batch: it must divide evenly "
                           f"over trainer.devices={devices}")
@@ -402,9 +406,10 @@ def _check_resources(cfg: NinConfig) -> None:
         shape = data.image_shape or [3, 32, 32]
         need = (data.size + classes) * shape[0] * shape[1] * shape[2] * 9 + data.size * 16
         if need > MEMORY_LIMIT:
-            raise ConfigError(f"dataset.size={data.size}: {data.size:,} synthetic images of "
-                              f"{'×'.join(map(str, shape))} need about {_gib(need)} of memory to build, more than "
-                              f"{_gib(MEMORY_LIMIT)}; use a smaller dataset.size or dataset.image_shape")
+            raise ConfigError(f"dataset.size={data.size}, dataset.num_classes={classes}: synthetic images of "
+                              f"{'×'.join(map(str, shape))} and their class prototypes need about {_gib(need)} of "
+                              f"memory to build, more than {_gib(MEMORY_LIMIT)}; use a smaller dataset.size, "
+                              "dataset.num_classes or dataset.image_shape")
     shape = data.image_shape
     if shape is None:  # as the dataset's files say: known once they are read
         return

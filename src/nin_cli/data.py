@@ -223,12 +223,13 @@ def describe_data(cfg: DatasetConfig) -> tuple[dict, list[str]]:
     counts = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
     stored = list(data.train.images.shape[1:])
     report = {"dataset": cfg.name, "root": root, "splits": counts, "image_shape": data.image_shape,
-              "stored_shape": stored, "num_classes": data.num_classes, "preprocessing": cfg.preprocessing,
-              "decoded_gb": round(sum(counts.values()) * math.prod(stored) / 1e9, 3),
-              "stream": isinstance(data.train.images, StreamImages)}
-    if report["stream"]:
-        report["cache"] = str(Path(data.train.images.path).parent)
-        report["skipped"] = skipped_images(data.train.images)
+              "num_classes": data.num_classes, "preprocessing": cfg.preprocessing}
+    if cfg.name == "imagefolder":  # where the decoded images live: in memory, or streamed from the disk cache
+        streamed = isinstance(data.train.images, StreamImages)
+        report.update(stored_shape=stored, stream=streamed,
+                      decoded_gb=round(sum(counts.values()) * math.prod(stored) / 1e9, 3))
+        if streamed:
+            report.update(cache=str(Path(data.train.images.path).parent), skipped=skipped_images(data.train.images))
     return report, data.classes
 
 
@@ -259,8 +260,7 @@ def format_report(report: dict, classes: list[str]) -> str:
         f"images         {' × '.join(map(str, report['image_shape']))} uint8, preprocessing "
         f"{report['preprocessing']}",
         f"classes        {report['num_classes']}: {shown}",
-        f"storage        {storage_line(report)}",
-    ])
+    ] + ([f"storage        {storage_line(report)}"] if "stream" in report else []))
 
 
 def storage_line(report: dict) -> str:

@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from nin_cli.collectives import Dist, broadcast_object, env_rank, init_distributed, launched_by_torchrun  # noqa: F401
+from nin_cli.errors import ConfigError
 
 ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
 # The longest a rank whose peer died waits for the agent's SIGTERM (see `wait_to_be_stopped`); only reached when no
@@ -118,18 +119,17 @@ def train_worker(args_overrides: list[str]) -> dict | None:
     rank then calls `fit` with it. Returns rank 0's summary (None elsewhere)."""
     import dataclasses
 
-    from nin_cli.errors import ConfigError
-    from nin_cli.hydra_app import hydra_run
-    from nin_cli.overrides import load_config
-    from nin_cli.runs import write_run_files
-    from nin_cli.train import fit
-
     def start(cfg) -> tuple[Any, Dist]:
         dist, device = init_distributed(cfg.trainer.device)
         if cfg.trainer.batch_size % dist.world_size:
             raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is the global batch: it must divide "
                               f"evenly over the {dist.world_size} processes")
         return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, device=device)), dist
+
+    from nin_cli.hydra_app import hydra_run  # torch and Hydra: workers only (cli.main imports this module)
+    from nin_cli.overrides import load_config  # ditto
+    from nin_cli.runs import write_run_files  # ditto
+    from nin_cli.train import fit  # torch: workers only
 
     if env_rank() == 0:
         def task(cfg, run_dir):

@@ -16,7 +16,10 @@ import torch
 from nin_cli.data import Data, load_data
 from nin_cli.errors import ConfigError, DataError
 from nin_cli.files import atomic_write, prepare_output_dir
+from nin_cli.maps import confusion_image
 from nin_cli.metrics import classification_metrics, evaluate, predict_log_probs  # noqa: F401 (evaluate: re-exported)
+from nin_cli.runs import output_dir_problem
+from nin_cli.trained import load_trained
 
 SPLITS = ("test", "val", "train")
 # Dataset keys that decide the preprocessing constants: while the overrides leave them as trained, the stored
@@ -47,7 +50,6 @@ def load_eval_data(trained, device: torch.device, split: str) -> Data:
 def evaluate_checkpoint(path: str | Path, overrides: list[str], split: str = "test", tta: bool = False,
                         weights: str = "auto") -> tuple[dict, object]:
     """(metrics, trained) of a checkpoint on one split of its (possibly overridden) dataset."""
-    from nin_cli.trained import load_trained
 
     if split not in SPLITS:
         raise ConfigError(f"--split {split}: must be one of {', '.join(SPLITS)}")
@@ -79,7 +81,6 @@ def write_eval_outputs(metrics: dict, classes: list[str], out: Path, step: int) 
     import numpy as np
     from torch.utils.tensorboard import SummaryWriter
 
-    from nin_cli.maps import confusion_image
 
     # out.parent.parent: the run (RUN/eval/NAME) or the checkpoint's folder (DIR/STEM_eval/NAME)
     prepare_output_dir(out, out.parent.parent, "evaluation folder")
@@ -136,8 +137,6 @@ def eval_command(path: Path, overrides: list[str], split: str, tta: bool, as_jso
     """`nin eval`: evaluate, write the outputs, then print JSON or the rich report. An output folder that is a
     file, under a file or not writable is exit 2 with nothing written (`--out` is checked before any work)."""
     import errno
-
-    from nin_cli.runs import output_dir_problem
 
     def check(where: Path) -> Path:
         problem = output_dir_problem(where)

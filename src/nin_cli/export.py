@@ -28,8 +28,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nin_cli.data import raw_test_images, to_input
 from nin_cli.errors import CheckFailed, ConfigError, DataError
 from nin_cli.files import atomic_write
+from nin_cli.model import Dropout, LocallyConnected2d, build_model
+from nin_cli.trained import load_trained
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program": ".pt2",
            "safetensors": ".safetensors"}
@@ -87,7 +90,6 @@ def _fold_one(leaves: list[tuple[str, nn.Module]], i: int, scale: float) -> nn.M
     """Fold a test-time × `scale` at leaves[i] into the next layer's weights (its input scaled: bias untouched,
     exact through zero padding and a batch norm after it) or, with no layer after it (a dropout before the gap
     head's mean), into the previous layer's weight and bias. Returns that layer, None when neither exists."""
-    from nin_cli.model import Dropout, LocallyConnected2d
 
     linear = (nn.Conv2d, nn.Linear, LocallyConnected2d)
     for _, module in leaves[i + 1:]:
@@ -109,7 +111,6 @@ def fold_classic_dropout(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """A copy of `model` whose classic dropouts' test-time × (1 − p) lives in the weights, each dropout then an
     identity at test time: its state dict is a standard inference model (PyTorch's inverted dropout, or none).
     Returns the copy and one note per fold; raises ValueError when a factor has no layer to go into."""
-    from nin_cli.model import Dropout
 
     model = copy.deepcopy(model)
     leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]  # forward order in NIN
@@ -170,7 +171,6 @@ def reload_runner(fmt: str, out: Path, trained) -> Callable[[torch.Tensor], torc
         return lambda x: module(x)
     from safetensors.torch import load_file
 
-    from nin_cli.model import build_model
 
     model_cfg = replace(trained.cfg.model, dropout_style="inverted")  # the file's weights are folded (see above)
     fresh = build_model(model_cfg, trained.cfg.head, trained.image_shape, len(trained.classes))
@@ -182,7 +182,6 @@ def reload_runner(fmt: str, out: Path, trained) -> Callable[[torch.Tensor], torc
 def parity_inputs(trained) -> tuple[torch.Tensor, str]:
     """Up to PARITY_IMAGES real test images, preprocessed with the checkpoint's constants; random inputs only when
     the dataset is not on this machine (said so in the output)."""
-    from nin_cli.data import raw_test_images, to_input
 
     try:
         images = raw_test_images(trained.cfg.dataset, PARITY_IMAGES).images
@@ -287,7 +286,6 @@ def write_and_check(trained, fmt: str, path: Path, x: torch.Tensor) -> tuple[flo
 
 def export_command(path: Path, fmt: str, out: Path | None, weights: str = "auto", as_json: bool = False) -> dict:
     """`nin export`: write under a temporary name, reload, check parity, rename, write the sidecar; returns it."""
-    from nin_cli.trained import load_trained
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")

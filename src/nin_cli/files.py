@@ -8,6 +8,7 @@ summary.csv or train.log would make a plain `open(path, "w")` write into any fil
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -136,6 +137,8 @@ def read_bytes(path: Path, limit: int = MAX_STATE_FILE) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise
+    except NotADirectoryError:  # a file on the way (hydra.run.dir=FILE/out): no such file; the caller says why
+        raise FileNotFoundError(errno.ENOENT, "not there", str(path)) from None
     except OSError as err:
         why = "a symbolic link" if err.errno == 40 else (err.strerror or str(err))
         raise DataError(f"{path}: cannot read it ({why})") from None

@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -95,10 +96,11 @@ def guarded_run_dir(run_dir: Path | None, existed: bool):
     if run_dir is None:
         yield
         return
-    from nin_cli.runs import run_dir_lock
+    from nin_cli.runs import RunPaths, refuse_finished_without_checkpoint, run_dir_lock
 
     if existed:
         refuse_unsafe_tree(run_dir)
+        refuse_finished_without_checkpoint(RunPaths(run_dir))  # before Hydra rewrites its .hydra/
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -123,6 +125,8 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
             where = save_traceback(_log_file(run_dir),
                                    f"[{time.strftime('%Y-%m-%d %H:%M:%S')}][CRASH]\n{traceback.format_exc()}")
             raise NinError(_crash_line(err, where)) from None
+        finally:
+            record_config_sources(run_dir)
 
     with hydra_session() as hydra:
         cfg, run_dir = _compose_run(hydra, overrides)
@@ -167,6 +171,29 @@ def _remove_untrained(run_dir: Path | None) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def record_config_sources(run_dir: Path) -> None:
+    """provenance.json gets where each group option of the run came from, when a user config folder
+    ($NIN_CONFIG_PATH) gave any (after the task: the task writes provenance.json first)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from nin_cli.overrides import config_sources
+    from nin_cli.runs import record_provenance
+
+    sources = config_sources(dict(HydraConfig.get().runtime.choices))
+    if sources and (run_dir / "provenance.json").is_file():
+        record_provenance(run_dir, {"config_sources": sources})
+
+
+def job_with_sources(task_function: Callable[[Any], Any], cfg: Any) -> Any:
+    """A sweep job (any launcher's process: module-level, so it pickles), its config sources recorded after it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return task_function(cfg)
+    finally:
+        record_config_sources(Path(HydraConfig.get().runtime.output_dir))
+
+
 def hydra_multirun(overrides: list[str], task_function: Callable[[Any], Any]) -> Any:
     """Hydra's multirun, as `@hydra.main` does it for `-m`: compose in MULTIRUN mode, let the configured sweeper
     (`hydra/sweeper=...`) instantiate its launcher (`hydra/launcher=...`) and sweep the task overrides.
@@ -186,7 +213,7 @@ def hydra_multirun(overrides: list[str], task_function: Callable[[Any], Any]) ->
         try:
             sweeper = Plugins.instance().instantiate_sweeper(
                 config=cfg, hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
-                task_function=task_function)
+                task_function=partial(job_with_sources, task_function))
         except (ImportError, HydraException) as err:  # a plugin registered but its own dependencies missing
             raise ConfigError(f"cannot start the sweeper or launcher ({one_line(err, 200)}); "
                               "install the sweep plugins: pip install -e '.[sweep]'") from None

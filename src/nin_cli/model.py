@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nin_cli.config import BlockConfig, HeadConfig, ModelConfig
+from nin_cli.errors import ConfigError
 
 
 def block_widths(widths: list[int | None], micro_depth: int | None) -> list[int | None]:
@@ -219,7 +220,6 @@ def init_weights(net: NIN, model: ModelConfig) -> None:
     known = {name for name, _ in net.named_layers()}
     unknown = set(model.init_std_overrides) - known
     if unknown:
-        from nin_cli.errors import ConfigError
 
         raise ConfigError(f"model.init_std_overrides: no layer named {', '.join(sorted(unknown))}; "
                           f"layers are {', '.join(name for name, _ in net.named_layers())}")

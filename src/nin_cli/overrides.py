@@ -42,6 +42,53 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else here.parents[1] / "conf"
 
 
+CONFIG_PATH_ENV = "NIN_CONFIG_PATH"
+
+
+def user_config_dirs() -> list[Path]:
+    """$NIN_CONFIG_PATH (folders separated by ':'): the user's own presets and group options, laid out like conf/
+    (experiment/NAME.yaml, model/NAME.yaml, ...), searched after conf/. Only the environment names them: nothing
+    read from a run directory adds one, so a replayed run may name only options the user makes available again."""
+    dirs = []
+    for part in filter(None, os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep)):
+        path = Path(part).expanduser().absolute()
+        if not path.is_dir():
+            raise ConfigError(f"{CONFIG_PATH_ENV}: {part} is not a directory; give folders laid out like conf/ "
+                              "(experiment/NAME.yaml, model/NAME.yaml, ...)")
+        if set("'\"\\,[]{}") & set(str(path)):  # they would be syntax in Hydra's override grammar
+            raise ConfigError(f"{CONFIG_PATH_ENV}: {part}: a folder name with quotes, commas or brackets; move it")
+        dirs.append(path)
+    return dirs
+
+
+def _search_path() -> list[str]:
+    """Hydra's own way to add config folders, as one hydra override (never a task override: Hydra keeps it out of
+    the run's .hydra/overrides.yaml, so a run directory never carries it)."""
+    dirs = user_config_dirs()
+    return [f"hydra.searchpath=[{','.join(repr(f'file://{d}') for d in dirs)}]"] if dirs else []
+
+
+def config_sources(choices: dict) -> dict:
+    """Where each group option of a run came from, for provenance.json: every chosen option found in a user config
+    folder and not in conf/ (its file and sha256), and the folders searched. Empty without $NIN_CONFIG_PATH."""
+    import hashlib
+
+    dirs = user_config_dirs()
+    if not dirs:
+        return {}
+    options = {}
+    for group, choice in choices.items():
+        name = f"{group}/{choice}.yaml"
+        if not isinstance(choice, str) or (config_dir() / name).is_file():
+            continue
+        for folder in dirs:
+            if (folder / name).is_file():
+                digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+                options[group] = {"option": choice, "file": str(folder / name), "sha256": digest}
+                break
+    return {"config_path": [str(d) for d in dirs], "options": options}
+
+
 @contextmanager
 def hydra_session() -> Iterator[Any]:
     """Hydra initialised on `config_dir()`; yields Hydra's own object (`compose_config`, `config_loader`)."""
@@ -63,15 +110,17 @@ def compose_hydra(hydra: Any, overrides: list[str], run_mode: str = "run", with_
 
     mode = RunMode.MULTIRUN if run_mode == "multirun" else RunMode.RUN
     try:
-        return hydra.compose_config(config_name="config", overrides=list(overrides), run_mode=mode,
+        return hydra.compose_config(config_name="config", overrides=[*overrides, *_search_path()], run_mode=mode,
                                     from_shell=from_shell, with_log_configuration=with_log_configuration)
     except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError, OSError, RecursionError) as err:
         raise hydra_error(err) from None
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml")) + sorted(
-        f"{d.name}/{p.stem}" for d in (config_dir() / group).glob("*/") for p in d.glob("*.yaml")
+    """A group's options in conf/ and in the user's config folders ($NIN_CONFIG_PATH)."""
+    roots = [config_dir() / group, *(d / group for d in user_config_dirs())]
+    return sorted({p.stem for r in roots for p in r.glob("*.yaml")}) + sorted(
+        {f"{d.name}/{p.stem}" for r in roots for d in r.glob("*/") for p in d.glob("*.yaml")}
     )
 
 
@@ -283,6 +332,10 @@ def check_replayed_overrides(items: list[Any], source: Path) -> list[str]:
         else:
             mapping = bool(parent) and typing.get_origin(_field_type(parent)) is dict  # init_std_overrides.conv1
             allowed = _field_type(key) is not None or mapping
+        if key in GROUPS and not allowed and isinstance(value, str) and not _mentions_target(value):
+            raise UnsafeFileError(f"{source}: refused override '{one_line(o.input_line)[:120]}': no such {key} "
+                                  f"option in conf/ or ${CONFIG_PATH_ENV} (set it to the folder that has it: a run "
+                                  "directory never adds one); nothing was run")
         if key.split(".")[0].split("/")[0] == "hydra" or "_target_" in key or _mentions_target(value) or not allowed:
             raise UnsafeFileError(f"{source}: refused override '{one_line(o.input_line)[:120]}': a run directory may "
                                   "only set nin's own config keys (nothing under hydra, no _target_); nothing was run")

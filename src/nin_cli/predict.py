@@ -31,7 +31,9 @@ from nin_cli.data import to_input
 from nin_cli.datasets import IMG_EXTENSIONS
 from nin_cli.errors import ConfigError, DataError
 from nin_cli.files import atomic_write, one_line
+from nin_cli.runs import output_dir_problem
 from nin_cli.runtime import resolve_device
+from nin_cli.trained import load_trained
 
 MAX_IMAGE_BYTES = 256 * 1024 * 1024  # larger than any photo a camera writes; /dev/zero-sized files are refused
 MAX_PIXELS = 100_000_000  # 100 megapixels: PIL's own bomb limit is about 89 M (warning) and 179 M (error)
@@ -208,7 +210,6 @@ def csv_text(rows: list[dict], top: int) -> str:
 
 def check_out(out: Path | None) -> None:
     """A bad --out is a command-line mistake (exit 2), found before any image is read."""
-    from nin_cli.runs import output_dir_problem
 
     if out is None:
         return
@@ -236,7 +237,6 @@ def predict_command(path: Path, inputs: list[Path], top: int = 5, tta: bool = Fa
                     weights: str = "auto") -> dict:
     """`nin predict`: print (or --json) the top-K classes of every readable image, --out as CSV (JSON for a .json
     name), written atomically. Exit 3 when the inputs hold no image, or none that could be read."""
-    from nin_cli.trained import load_trained
 
     if device is not None and device not in DEVICES:
         raise ConfigError(f"--device {device}: must be one of {', '.join(DEVICES)}")

@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nin_cli.errors import DataError
+from nin_cli.errors import ConfigError, DataError
 from nin_cli.files import atomic_write, number, one_line, read_json
 from nin_cli.results import format_error, read_config, read_metrics, read_outcome, read_summary
 
@@ -586,7 +586,6 @@ def write_outputs(lines: list[Line], out_dir: Path) -> tuple[Path, Path]:
 
 def show_table(paths: list[Path], out_dir: Path, console, budget: str | None = None) -> list[Line]:
     """`nin table`: read the runs under `paths`, print the paper's layout, write table.md and table.csv."""
-    from nin_cli.errors import ConfigError
 
     if budget not in (None, *BUDGET_ORDER):
         raise ConfigError(f"--budget {budget}: must be one of {', '.join(BUDGET_ORDER)}")

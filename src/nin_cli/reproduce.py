@@ -36,6 +36,8 @@ from pathlib import Path
 
 from nin_cli.errors import CollapsedError, ConfigError, DataError, DivergedError
 from nin_cli.report import DATA_NAMES, ROW_BY_KEY, ROWS, Row, comparability
+from nin_cli.results import read_outcome, read_summary
+from nin_cli.runs import clear_outcome, write_json, write_outcome
 
 log = logging.getLogger("nin")
 
@@ -162,7 +164,6 @@ def plan(budget: str, keys: list[str] | None, cifar10_jpeg: Path | None, runs_ro
 def finished(run_dir: Path) -> bool:
     """A finished run is never trained again: it has a summary, or it collapsed or diverged (a rerun would only
     resume into the same state). Missing data and unfinished runs are tried again."""
-    from nin_cli.results import read_outcome, read_summary
 
     if read_summary(run_dir) is not None:
         return True
@@ -172,9 +173,9 @@ def finished(run_dir: Path) -> bool:
 
 def _train(overrides: list[str]) -> dict:
     """What `nin train OVERRIDES` does, in this process (Hydra run directory, train.log, provenance)."""
-    from nin_cli.hydra_app import hydra_run
-    from nin_cli.overrides import load_config
-    from nin_cli.train import train_run
+    from nin_cli.hydra_app import hydra_run  # training deps: --run only
+    from nin_cli.overrides import load_config  # training deps: --run only
+    from nin_cli.train import train_run  # torch: --run only
 
     load_config(overrides)
     return hydra_run(overrides, train_run)
@@ -183,7 +184,6 @@ def _train(overrides: list[str]) -> dict:
 def run_one(run: PlannedRun) -> tuple[str, str]:
     """Train one planned run; returns (status, one line). Missing data, collapse and divergence are recorded in
     RUN/outcome.json for the table instead of stopping the other rows."""
-    from nin_cli.runs import clear_outcome, write_json, write_outcome
 
     run.run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run.run_dir / "reproduce.json", {**run.meta, "command": run.command})

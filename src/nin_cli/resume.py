@@ -17,7 +17,7 @@ from nin_cli.collectives import gather_objects
 from nin_cli.config import NinConfig, to_dict
 from nin_cli.errors import ConfigError, DataError
 from nin_cli.files import one_line
-from nin_cli.runs import RunPaths
+from nin_cli.runs import RunPaths, refuse_finished_without_checkpoint
 from nin_cli.state import Loop, TrainState, elapsed, epoch_totals
 
 log = logging.getLogger("nin")
@@ -153,15 +153,6 @@ def newest_checkpoint(paths: RunPaths) -> tuple[Path, dict] | None:
         raise DataError(f"{errors[0]}; no complete checkpoint to resume from (move {paths.checkpoints} away to "
                         "start over)")
     return None
-
-
-def refuse_finished_without_checkpoint(paths: RunPaths) -> None:
-    """A finished run (summary.json) whose checkpoints are gone, deleted to save space, would be trained again
-    from scratch in place, its metrics, events and summary overwritten: refused (exit 3)."""
-    if paths.summary.exists() or paths.summary.is_symlink():
-        raise DataError(f"{paths.summary}: the run finished, but {paths.checkpoints} holds no checkpoint to resume "
-                        f"from; nin does not train over a finished run: train into a new hydra.run.dir, or move "
-                        f"{paths.root} away to start over")
 
 
 def resume_source(cfg: NinConfig, paths: RunPaths) -> tuple[Path, dict] | None:

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from nin_cli.config import NinConfig, to_dict
+from nin_cli.errors import ConfigError, DataError
 from nin_cli.files import atomic_write, one_line, read_json, read_yaml, refuse_unsafe_tree
+from nin_cli.overrides import check_replayed_overrides, stored_config_overrides
 
 log = logging.getLogger("nin")
 
@@ -103,7 +105,6 @@ def record_provenance(run_dir: Path, facts: dict) -> None:
 
 def _provenance_record(path: Path) -> dict | None:
     """The run's provenance so far; None when missing or unreadable (the record starts again: it only describes)."""
-    from nin_cli.errors import DataError
 
     try:
         return read_json(path)
@@ -183,7 +184,6 @@ def _epoch_of(line: bytes) -> int | None:
 def truncate_metrics(path: Path, epochs_done: int) -> None:
     """On resume: keep only the rows of epochs the checkpoint covers, so no line is duplicated or cut short.
     Damaged lines (not UTF-8, not JSON, no epoch) are dropped with a warning: the run resumes all the same."""
-    from nin_cli.errors import DataError
 
     try:
         data = path.read_bytes()
@@ -218,8 +218,6 @@ def run_dir_lock(root: Path, what: str = "`nin train`"):
     caller) takes it again, and an flock is per open file, so a second open in the same process would refuse."""
     import fcntl
 
-    from nin_cli.errors import ConfigError
-
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     info = os.fstat(fd)
     key = (info.st_dev, info.st_ino)
@@ -239,6 +237,15 @@ def run_dir_lock(root: Path, what: str = "`nin train`"):
                 del _HELD_LOCKS[key]
     finally:
         os.close(fd)  # the flock goes with the last descriptor of its open file: held ones stay open above
+
+
+def refuse_finished_without_checkpoint(paths: RunPaths) -> None:
+    """A finished run (summary.json) whose checkpoints are gone, deleted to save space, would be trained again
+    from scratch in place, its metrics, events and summary overwritten: refused (exit 3)."""
+    if (paths.summary.exists() or paths.summary.is_symlink()) and not any(paths.checkpoints.glob("*.pt")):
+        raise DataError(f"{paths.summary}: the run finished, but {paths.checkpoints} holds no checkpoint to resume "
+                        f"from; nin does not train over a finished run: train into a new hydra.run.dir, or move "
+                        f"{paths.root} away to start over")
 
 
 def remove_stale_temps(paths: RunPaths) -> list[Path]:
@@ -272,7 +279,6 @@ def truncate_events(tb: Path, last_step: int) -> None:
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.summary.writer.record_writer import RecordWriter
 
-    from nin_cli.errors import DataError
 
     files = []
     for path in sorted(tb.glob("events.out.tfevents.*")):  # every file read before any is rewritten
@@ -320,8 +326,6 @@ def _run_overrides(run_dir: Path) -> list[str]:
     """The overrides a run was started with (Hydra's .hydra/overrides.yaml), checked as untrusted input (see
     `overrides.check_replayed_overrides`); [] when the run has no such file (a checkpoint's own folder)."""
 
-    from nin_cli.errors import DataError
-    from nin_cli.overrides import check_replayed_overrides
 
     path = run_dir / ".hydra" / "overrides.yaml"
     refuse_unsafe_tree(run_dir)  # before reading it: a link in it is refused as a whole (exit 4)
@@ -346,8 +350,7 @@ def _resume_file(path: Path, overrides: list[str]) -> tuple[Path | None, list[st
     any data is read or a run directory made. In RUN/checkpoints/ of a run with its overrides: (RUN, overrides),
     RUN's to be replayed; a checkpoint on its own: (None, the config it stores as overrides (checked as untrusted
     input, see `overrides.stored_config_overrides`) under the command line's)."""
-    from nin_cli.checkpoint import load_checkpoint
-    from nin_cli.overrides import stored_config_overrides
+    from nin_cli.checkpoint import load_checkpoint  # torch: resume only
 
     record = load_checkpoint(path)
     run = path.parent.parent if path.parent.name == "checkpoints" else None
@@ -365,7 +368,6 @@ def resume_overrides(overrides: list[str]) -> list[str]:
     file in a new run directory, replaying the overrides of the run it came from if it sits in one, else with the
     config the checkpoint stores; a group option on the command line (model=nin_small) replaces that group's stored
     values, a key replaces its own."""
-    from nin_cli.errors import ConfigError
 
     values = _override_values(overrides)
     resume, run_dir = values.get("resume"), values.get("hydra.run.dir")

@@ -13,12 +13,17 @@ until the kernel takes them back, pread leaves them in the page cache alone (BEN
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,6 +37,9 @@ from nin_cli.files import atomic_write, one_line
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "nin-stream-v1"
+# Readers are forked (a copy of this process, ready at once) where the platform can: a process that was itself
+# started by forkserver or spawn would otherwise start them the same way, seconds each, every epoch.
+_START = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ def read_rows(images: StreamImages, rows: torch.Tensor) -> torch.Tensor:
     """Rows of the file as uint8 (len(rows), C, H, W) on the CPU, centre-cropped and mirrored as the view says."""
     c, h, w = images.stored
     size = c * h * w
-    out = torch.empty(len(rows), c, h, w, dtype=torch.uint8)
+    out = _empty_rows(len(rows), c, h, w)
     flat = out.numpy().reshape(len(rows), size)
     with open(images.path, "rb", buffering=0) as f:
         for i, row in enumerate(rows.tolist()):
@@ -92,6 +100,15 @@ def read_rows(images: StreamImages, rows: torch.Tensor) -> torch.Tensor:
         top, left = round((h - images.crop[0]) / 2), round((w - images.crop[1]) / 2)  # torchvision's CenterCrop
         out = out[:, :, top:top + images.crop[0], left:left + images.crop[1]].contiguous()
     return out.flip(3) if images.flipped else out
+
+
+def _empty_rows(n: int, c: int, h: int, w: int) -> torch.Tensor:
+    """In a reader process, straight in shared memory: the batch then goes to training without a copy, and the
+    copy DataLoader would make kept the reader's own buffers growing with every batch (measured: +10 MB each)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(n, c, h, w, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(n * c * h * w)
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(n, c, h, w)
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -115,9 +132,20 @@ def read_batches(images: StreamImages, batches: list[torch.Tensor]) -> Iterator[
             yield read_rows(images, images.rows[index])
         return
     loader = torch.utils.data.DataLoader(_Batches(images, batches), batch_size=None, shuffle=False,
-                                         num_workers=min(images.workers, len(batches)), prefetch_factor=4,
-                                         pin_memory=images.device.type == "cuda")
+                                         num_workers=min(images.workers, len(batches)), prefetch_factor=2,
+                                         pin_memory=images.device.type == "cuda",
+                                         generator=torch.Generator(),  # else it draws its seed from torch's
+                                         # global generator: dropout would see other numbers than resident runs
+                                         multiprocessing_context=_START, worker_init_fn=_die_with_parent)
     yield from loader
+
+
+def _die_with_parent(_: int) -> None:
+    """A forked reader holds a copy of every descriptor, the run directory's flock included: after a kill -9 of
+    training it would keep the run "in use" for the seconds DataLoader takes to notice. On Linux the kernel kills
+    it with its parent instead (PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 
 
 # ------------------------------------------------------------------------------------------------ the cache
@@ -202,22 +230,22 @@ def build_cache(listing: FolderListing, folder: Path, workers: int) -> dict:
 
 
 def _decode_into(f, files: list[tuple[str, int]], shape: list[int], workers: int, labels: list[int],
-                 skipped: list[str]) -> None:
-    """Decoded rows written in file order; an image that cannot be decoded is skipped and named, never fatal."""
-    jobs = [(path, shape) for path, _ in files]
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) \
-        if workers > 1 else None
-    try:
-        results = pool.imap(_decode_row, jobs, chunksize=16) if pool else map(_decode_row, jobs)
-        for (path, label), result in zip(files, results, strict=True):
-            if isinstance(result, str):
-                skipped.append(f"{path}: {result}")
-                continue
-            f.write(result)
-            labels.append(label)
-    finally:
-        if pool:
-            pool.terminate()
+                 skipped: list[str], chunk_bytes: int = 32 << 20) -> None:
+    """Decoded rows written in file order; an image that cannot be decoded is skipped and named, never fatal.
+    Threads, not processes: the decoders (libjpeg-turbo, PIL, torch's resize) release the GIL, and a process
+    pool forked from a multi-threaded parent can deadlock on a lock some thread held at the fork."""
+    chunk = max(4 * workers, 1, chunk_bytes // math.prod(shape))
+    with ThreadPoolExecutor(max(workers, 1)) as pool:
+        for start in range(0, len(files), chunk):  # a chunk at a time: memory bounded by the chunk, not the set
+            part = files[start:start + chunk]
+            for (path, label), result in zip(part, pool.map(_decode_row, [(p, shape) for p, _ in part]), strict=True):
+                if isinstance(result, str):
+                    skipped.append(f"{path}: {result}")
+                    continue
+                f.write(result)
+                labels.append(label)
+            if (start // chunk) % 100 == 99:
+                log.info("decoded %d of %d images", start + len(part), len(files))
 
 
 def _decode_row(job: tuple[str, list[int]]) -> bytes | str:
@@ -238,7 +266,7 @@ def skipped_images(images: StreamImages) -> list[str]:
 # ------------------------------------------------------------------------------------------------ statistics
 
 
-def channel_mean_std(images: StreamImages, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_mean_std(images: StreamImages, chunk_bytes: int = 16 << 20) -> tuple[torch.Tensor, torch.Tensor]:
     """preprocess.channel_mean_std over a streamed split, from per-channel histograms read chunk by chunk (the
     same formula, so a split gives the same constants streamed or resident). Cached beside the rows."""
     key = hashlib.sha256(images.rows.numpy().tobytes()).hexdigest()[:16]
@@ -249,7 +277,7 @@ def channel_mean_std(images: StreamImages, chunk: int = 256) -> tuple[torch.Tens
     except (OSError, ValueError, KeyError):
         pass
     counts = torch.zeros(images.stored[0], 256, dtype=torch.int64)
-    batches = list(torch.arange(len(images)).split(chunk))
+    batches = list(torch.arange(len(images)).split(max(1, chunk_bytes // math.prod(images.stored))))
     for batch in read_batches(images, batches):
         for c in range(batch.shape[1]):
             counts[c] += torch.bincount(batch[:, c].reshape(-1), minlength=256)

@@ -43,6 +43,7 @@ from nin_cli.errors import (
     UnsafeFileError,
 )
 from nin_cli.files import atomic_write, one_line, refuse_unsafe_tree
+from nin_cli.hydra_app import hydra_multirun, hydra_private
 from nin_cli.overrides import check_overrides, compose_hydra, hydra_error, hydra_session, schema_overrides
 from nin_cli.results import (
     NOT_SETTINGS,
@@ -59,7 +60,7 @@ from nin_cli.results import (
     read_summary,
     read_yaml,
 )
-from nin_cli.runs import clear_outcome, output_dir_problem, write_outcome
+from nin_cli.runs import clear_outcome, output_dir_problem, run_dir_lock, write_outcome
 
 log = logging.getLogger("nin")
 
@@ -166,7 +167,6 @@ def _job_overrides(hydra: Any, lines: list[str], sampled: bool) -> list[list[str
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from nin_cli.hydra_app import hydra_private
 
     try:
         parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(lines)
@@ -232,7 +232,6 @@ def _pin_sweep_dir(overrides: list[str], sweep_dir: Path) -> list[str]:
 def guarded_sweep_dir(sweep_dir: Path):
     """A sweep directory checked (no link or special file: exit 4) and locked (one sweep driver at a time: exit 2)
     before any job or study file is written in it."""
-    from nin_cli.runs import run_dir_lock
 
     refuse_unsafe_tree(sweep_dir, "sweep directory")
     try:
@@ -281,7 +280,6 @@ def print_plan(plan: Plan) -> None:
 def run_sweep(overrides: list[str], dry_run: bool = False) -> list[JobRow]:
     """Plan, validate, sweep, summarise. Raises the first failed job's error class (its exit code) when any
     job failed, after the summary is written."""
-    from nin_cli.hydra_app import hydra_multirun
 
     plan = plan_sweep(overrides)
     if dry_run:
@@ -343,7 +341,7 @@ def _train_job(dcfg: Any, run_dir: Path) -> dict:
         return previous
     if cfg.trainer.devices > 1:
         return _train_job_distributed(cfg, run_dir)
-    from nin_cli.train import train_run
+    from nin_cli.train import train_run  # torch: jobs only
 
     return train_run(cfg, run_dir)
 
@@ -353,7 +351,7 @@ def _train_job_distributed(cfg: NinConfig, run_dir: Path) -> dict:
     own launch into the job's directory; their outcome comes back as the exit code and summary.json."""
     from hydra.core.hydra_config import HydraConfig
 
-    from nin_cli.distributed import launch
+    from nin_cli.distributed import launch  # torch: jobs only
 
     code = launch(cfg.trainer.devices, cfg.trainer.device, [*HydraConfig.get().overrides.task,
                                                             f"hydra.run.dir={run_dir}"])

@@ -124,7 +124,7 @@ def stop_on_signals() -> Iterator[StopRequest]:
         raise
     finally:
         for sig, old in previous.items():  # after a stop the process is on its way out: another signal ends it
-            signal.signal(sig, old if stop.signum is None else leave_now)
+            signal.signal(sig, old if stop.reason is None else leave_now)  # reason: own or agreed stop
         if saved and requeue is not None and stop.reason == signal.SIGUSR2:
             log.warning("SIGUSR2: last.pt saved; handing over to submitit's checkpoint and requeue")
             requeue(signal.SIGUSR2, None)  # submitit: checkpoint(), requeue, exit; returns only on ranks > 0

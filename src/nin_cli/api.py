@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from nin_cli.trained import Trained
+    from nin_cli.trained import Trained  # lazy: torch-free import
 
 __all__ = ["train", "load", "evaluate", "predict", "read_run"]
 
@@ -60,10 +60,10 @@ def train(overrides: Sequence[str], run_dir: Path | str | None = None) -> dict[s
     that holds an unfinished run continues it, as `nin train hydra.run.dir=DIR` does. The config is validated
     before anything is created (ConfigError). One process only: `trainer.devices > 1` needs `nin train`.
     """
-    from nin_cli.errors import ConfigError
-    from nin_cli.hydra_app import hydra_run
-    from nin_cli.overrides import load_config
-    from nin_cli.runs import resume_overrides
+    from nin_cli.errors import ConfigError  # lazy: torch-free import
+    from nin_cli.hydra_app import hydra_run  # lazy: torch-free import
+    from nin_cli.overrides import load_config  # lazy: torch-free import
+    from nin_cli.runs import resume_overrides  # lazy: torch-free import
 
     if run_dir is not None and any(o.lstrip("+").startswith("hydra.run.dir=") for o in overrides):
         raise ConfigError("the run directory is given twice: as run_dir and as hydra.run.dir; give one")
@@ -94,7 +94,7 @@ def load(checkpoint: Path | str, device: str | None = None, weights: str = "auto
     (the run's config). `device`: default the run's trainer.device; `weights`: auto | ema | raw (auto: the moving
     average when the checkpoint has one).
     """
-    from nin_cli.trained import load_trained
+    from nin_cli.trained import load_trained  # lazy: torch-free import
 
     return load_trained(checkpoint, device=device, weights=weights)
 
@@ -103,7 +103,7 @@ def evaluate(checkpoint: Path | str, split: str = "test", overrides: Sequence[st
              weights: str = "auto") -> dict[str, Any]:
     """`nin eval CKPT --json`'s report of one split (test | val | train) of the checkpoint's dataset:
     top1_error and top5_error (%), nll, ece, per_class_accuracy, confusion, n; nothing is written."""
-    from nin_cli.evaluate import evaluate_checkpoint
+    from nin_cli.evaluate import evaluate_checkpoint  # lazy: torch-free import
 
     metrics, _ = evaluate_checkpoint(checkpoint, list(overrides), split, tta, weights)
     return metrics
@@ -115,9 +115,9 @@ def predict(checkpoint: Path | str | Trained, images: torch.Tensor, batch_size: 
     Pass `load(...)`'s result instead of a path to load the checkpoint once for many calls."""
     import torch
 
-    from nin_cli.data import Split
-    from nin_cli.metrics import predict_log_probs
-    from nin_cli.trained import Trained
+    from nin_cli.data import Split  # lazy: torch-free import
+    from nin_cli.metrics import predict_log_probs  # lazy: torch-free import
+    from nin_cli.trained import Trained  # lazy: torch-free import
 
     trained = checkpoint if isinstance(checkpoint, Trained) else load(checkpoint)
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
@@ -135,7 +135,7 @@ def read_run(run_dir: Path | str) -> dict[str, Any]:
     """A run directory's results as data: {"run_dir", "config" (config.yaml), "summary" (summary.json; None while
     the run is unfinished), "metrics" (metrics.jsonl: one dict per finished epoch)}. Read through results.py, the
     one reader of run directories: a missing config.yaml or a damaged file is a DataError naming it."""
-    from nin_cli.results import read_config, read_metrics, read_summary
+    from nin_cli.results import read_config, read_metrics, read_summary  # lazy: torch-free import
 
     run = Path(run_dir)
     return {"run_dir": str(run), "config": read_config(run), "summary": read_summary(run),

@@ -1,4 +1,6 @@
-"""Typer commands only: parse, call one function, map known errors to exit codes (see README)."""
+"""Typer commands only: parse, call one function of the command's module, print its result, map known errors to
+exit codes (see README, "Exit codes"). Modules are imported inside each command: `nin --help` and a config error
+never import torch (tests/test_config.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +13,12 @@ from pathlib import Path
 import typer
 
 from nin_cli.errors import ConfigError, NinError
-from nin_cli.files import one_line
 
 
 def _groups_epilog() -> str:
     """The config groups and their options, for --help (read from conf/, so a new preset shows up by itself)."""
-    from nin_cli.config import GROUPS
-    from nin_cli.overrides import group_options
+    from nin_cli.config import GROUPS  # lazy: start-up time
+    from nin_cli.overrides import group_options  # lazy: start-up time
 
     return "Config groups (OVERRIDES: group=option, key=value): " + "; ".join(
         f"{group}= {', '.join(group_options(group))}" for group in GROUPS) + "."
@@ -30,7 +31,7 @@ class OverridesCommand(typer.core.TyperCommand):
     def shell_complete(self, ctx: typer.Context, incomplete: str) -> list:
         from click.shell_completion import CompletionItem
 
-        from nin_cli.overrides import completions
+        from nin_cli.overrides import completions  # lazy: start-up time
 
         items = super().shell_complete(ctx, incomplete)
         if incomplete.startswith("-"):
@@ -65,25 +66,11 @@ def train(ctx: typer.Context,
           as_json: bool = typer.Option(False, "--json", help="Print summary.json's content as one JSON object on "
                                                              "stdout (the log stays on stderr).")) -> None:
     """Train one model: nin train [OVERRIDES...], e.g. dataset=cifar100 model.micro_depth=3."""
-    from nin_cli.overrides import load_config
-    from nin_cli.runs import resume_overrides
+    from nin_cli.distributed import train_command  # lazy: start-up time
 
-    overrides = resume_overrides(list(ctx.args))  # an existing run continues with its own overrides first
-    cfg = load_config(overrides)  # validate before torch is imported or a run directory exists
-
-    from nin_cli.distributed import launch, launched_by_torchrun, train_worker
-
-    if launched_by_torchrun():  # one of N processes: rank 0 makes the run directory and reports
-        summary = train_worker(overrides)
-        if summary is None:
-            return
-    elif cfg.trainer.devices > 1:
-        raise typer.Exit(launch(cfg.trainer.devices, cfg.trainer.device, list(ctx.args)))
-    else:
-        from nin_cli.hydra_app import hydra_run
-        from nin_cli.train import train_run
-
-        summary = hydra_run(overrides, train_run)
+    summary = train_command(list(ctx.args))
+    if summary is None:  # a worker process of trainer.devices=N other than rank 0: rank 0 reports
+        return
     if as_json:
         print(json.dumps(summary))
         return
@@ -109,73 +96,26 @@ def sweep(ctx: typer.Context,
     """Many runs through Hydra's sweeper and launcher: nin sweep model.dropout=0,0.5 head=gap,fc | +sweep=dropout
     | hydra/launcher=joblib|submitit_local|submitit_slurm; a search: nin sweep --trials 20
     'optim.lr=tag(log,interval(0.01,0.5))' (see README, "Sweeps")."""
-    from nin_cli.sweep import INSTALL, run_sweep, show_summary
+    from nin_cli.sweep import run_sweep, show_summary  # lazy: start-up time
 
     if summary is not None:
         if ctx.args:
             raise ConfigError(f"--summary DIR takes no overrides (got {' '.join(ctx.args)})")
         show_summary(summary, as_json)
-        return
-    if trials is None:
+    elif trials is None:
         run_sweep(list(ctx.args), dry_run=dry_run)
-        return
-    try:
-        import optuna
-    except ImportError:
-        raise ConfigError(f"--trials needs Optuna, in the sweep extra: {INSTALL}") from None
+    else:
+        from nin_cli.search import run_search  # lazy: start-up time
 
-    from nin_cli.search import run_search
-
-    if pruner not in ("median", "none"):
-        raise ConfigError(f"--pruner {pruner}: choose median or none")
-    # Nothing is pruned on its first epoch alone (steps are epochs: n_warmup_steps=2), nor before two trials finished.
-    chosen = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2) if pruner == "median"
-              else optuna.pruners.NopPruner())
-    run_search(list(ctx.args), trials, seed, chosen, dry_run=dry_run)
+        run_search(list(ctx.args), trials, seed, pruner, dry_run=dry_run)
 
 
 @app.command(cls=OverridesCommand, context_settings=OVERRIDES, epilog=EPILOG)
 def info(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Resolved config, parameters and FLOPs per mlpconv block."""
-    from omegaconf import OmegaConf
+    """Resolved config, parameters and FLOPs per mlpconv block, and the precision training would use."""
+    from nin_cli.info import info_command  # lazy: start-up time
 
-    from nin_cli.config import to_config, to_dict
-    from nin_cli.overrides import compose
-
-    cfg = to_config(compose(ctx.args))
-    shape, classes = cfg.dataset.image_shape, cfg.dataset.num_classes
-    if shape is None or classes is None:
-        raise ConfigError(f"dataset={cfg.dataset.name}: set dataset.image_shape and dataset.num_classes for info")
-
-    from nin_cli.model import block_stats, build_model
-
-    try:
-        net = build_model(cfg.model, cfg.head, shape, classes)
-        stats = block_stats(net, shape)
-    except (ValueError, RuntimeError) as err:
-        raise ConfigError(f"model does not fit image_shape={shape}: {one_line(err)}") from None
-    params = sum(p.numel() for p in net.parameters())
-    flops = sum(s.flops_forward for s in stats)
-    from nin_cli.runtime import describe_precision
-
-    chosen = describe_precision(cfg)  # trainer.precision=auto resolved on this machine, with the reason
-    if as_json:
-        print(json.dumps({"params": params, "flops_forward": flops,
-                          "blocks": [vars(s) for s in stats], **chosen}))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    console.print(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))), markup=False, highlight=False)
-    table = Table(title=f"{cfg.model.name} on {cfg.dataset.name} {shape}, {classes} classes")
-    for column in ("block", "output", "parameters", "forward MFLOP/image"):
-        table.add_column(column, justify="left" if column in ("block", "output") else "right")
-    for s in stats:
-        table.add_row(s.name, "×".join(map(str, s.output_shape)), f"{s.params:,}", f"{s.flops_forward / 1e6:,.1f}")
-    table.add_row("total", "", f"{params:,}", f"{flops / 1e6:,.1f}", style="bold")
-    console.print(table)
-    console.print(f"precision {chosen['precision']}: {chosen['precision_why']}", highlight=False, markup=False)
+    info_command(list(ctx.args), as_json)
 
 
 @app.command(cls=OverridesCommand, context_settings=OVERRIDES, epilog=EPILOG)
@@ -186,10 +126,10 @@ def data(ctx: typer.Context,
     training will see: nin data dataset=svhn [--download] [--json]."""
     import dataclasses
 
-    from nin_cli.overrides import load_config
+    from nin_cli.overrides import load_config  # lazy: start-up time
 
     cfg = load_config(ctx.args)
-    from nin_cli.data import describe_data, format_report, progress_to_stderr
+    from nin_cli.data import describe_data, format_report, progress_to_stderr  # lazy: start-up time
 
     with progress_to_stderr():  # "decoding 60,000 images ..." while a first run builds the caches
         report, classes = describe_data(dataclasses.replace(cfg.dataset, download=cfg.dataset.download or download))
@@ -209,7 +149,7 @@ def eval_(ctx: typer.Context,
           weights: str = typer.Option("auto", "--weights", help=WEIGHTS_HELP)) -> None:
     """Metrics of a checkpoint: top-1/top-5 error, NLL, ECE, per-class accuracy, confusion matrix.
     Dataset and preprocessing are the checkpoint's; OVERRIDES (dataset.root=..., trainer.device=cpu) change them."""
-    from nin_cli.evaluate import eval_command, eval_run_command
+    from nin_cli.evaluate import eval_command, eval_run_command  # lazy: start-up time
 
     try:
         is_run_dir = checkpoint.is_dir()
@@ -230,7 +170,7 @@ def export(checkpoint: Path = typer.Argument(..., metavar="CKPT", readable=False
            as_json: bool = typer.Option(False, "--json", help="Print the sidecar as one JSON object on stdout.")
            ) -> None:
     """Export with a dynamic batch size; reloaded by its runtime and checked against the eager model (≤ 1e-4)."""
-    from nin_cli.export import export_command
+    from nin_cli.export import export_command  # lazy: start-up time
 
     meta = export_command(checkpoint, fmt, out, weights, as_json)
     if as_json:
@@ -247,7 +187,7 @@ def cam(checkpoint: Path = typer.Argument(..., metavar="CKPT", readable=False,
         test: int = typer.Option(0, "--test", min=0, metavar="N",
                                  help="Also show the first N test images of the checkpoint's dataset.")) -> None:
     """The last mlpconv's per-class confidence maps (before global averaging), overlaid on each image, as PNG."""
-    from nin_cli.cam import cam_command
+    from nin_cli.cam import cam_command  # lazy: start-up time
 
     if out is not None:
         check_out(out)
@@ -271,7 +211,7 @@ def predict(checkpoint: Path = typer.Argument(..., metavar="CKPT", readable=Fals
             weights: str = typer.Option("auto", "--weights", help=WEIGHTS_HELP)) -> None:
     """Top-K classes of new images, decoded and preprocessed as the checkpoint's training saw them; unreadable
     files are listed and skipped."""
-    from nin_cli.predict import predict_command
+    from nin_cli.predict import predict_command  # lazy: start-up time
 
     predict_command(checkpoint, paths, top, tta, batch_size, out, as_json, device, weights)
 
@@ -299,39 +239,15 @@ def table(run_dirs: list[Path] | None = typer.Argument(None, metavar="RUN_DIRS",
           as_json: bool = typer.Option(False, "--json", help="Print the table's rows as one JSON object on stdout "
                                                              "(the rendered table goes to stderr).")) -> None:
     """The paper's tables with our test errors beside them: the terminal, OUT/table.md and OUT/table.csv."""
-    from rich.console import Console
-
-    from nin_cli.report import show_table
+    from nin_cli.reproduce import table_command  # lazy: start-up time
 
     check_out(out)  # before --run trains anything
-    stream = sys.stderr if as_json else sys.stdout
-    console = Console(width=None if stream.isatty() else 150, stderr=as_json)  # piped or logged: don't fold at 80
-    if run:
-        if run_dirs:
-            raise ConfigError("--run trains into OUT/runs; give RUN_DIRS without --run")
-        from nin_cli.reproduce import reproduce
-
-        run_dirs = reproduce(budget or "smoke", rows.split(",") if rows else None, cifar10_jpeg, out / "runs", console,
-                             seed_slots(seeds))
-    elif rows or cifar10_jpeg or seeds:
-        raise ConfigError("--rows, --seeds and --cifar10-jpeg choose what --run trains: add --run")
-    lines = show_table(run_dirs or [p for p in [out / "runs"] if p.is_dir()], out, console, budget)  # none: paper only
-    if as_json:
-        from nin_cli.report import line_records
-
-        print(json.dumps({"rows": line_records(lines), "table_md": str(out / "table.md")}))
-    if check:
-        from nin_cli.errors import CheckFailed
-        from nin_cli.report import failed_checks
-
-        failed = failed_checks(lines)
-        if failed:
-            raise CheckFailed(f"{len(failed)} row(s) not reproduced: " + "; ".join(failed))
+    table_command(run_dirs, run, budget, rows, seed_slots(seeds), cifar10_jpeg, out, check, as_json)
 
 
 def check_out(out: Path) -> None:
     """An --out folder that cannot be made or written is a command-line error (exit 2), found before any work."""
-    from nin_cli.runs import output_dir_problem
+    from nin_cli.runs import output_dir_problem  # lazy: start-up time
 
     problem = output_dir_problem(out)
     if problem:
@@ -353,7 +269,7 @@ def compare(run_dirs: list[Path] = typer.Argument(..., metavar="RUN",
             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """What differs between runs: config keys, summary.json metrics with deltas from the first run, provenance
     (git commit and dirty flag, package versions, Python, device)."""
-    from nin_cli.compare import compare_runs, render_compare
+    from nin_cli.compare import compare_runs, render_compare  # lazy: start-up time
 
     result = compare_runs(run_dirs)
     if as_json:
@@ -374,7 +290,7 @@ def plot(paths: list[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP",
                                help="The x axis: epochs, or minutes of training (summed epoch_time_s).")) -> None:
     """Learning curves (training loss, validation error, lr) from metrics.jsonl; runs that differ only in
     trainer.seed are one line, the mean, with mean ± std shaded."""
-    from nin_cli.plots import default_plot_path, plot_runs
+    from nin_cli.plots import default_plot_path, plot_runs  # lazy: start-up time
 
     written = plot_runs(paths, out or default_plot_path(paths), x)
     print(f"wrote {written}")
@@ -397,10 +313,10 @@ def bench(ctx: typer.Context,
           peak_size: int = typer.Option(0, "--peak-size", min=0, hidden=True)) -> None:
     """Train/eval images/s of the nin step against a bare PyTorch loop, a DataLoader + PIL pipeline and the
     device's matmul peak, on synthetic images of the configured shape: nin bench [OVERRIDES...] [--json]."""
-    from nin_cli.overrides import load_config
+    from nin_cli.overrides import load_config  # lazy: start-up time
 
     cfg = load_config(ctx.args)
-    from nin_cli.bench import BenchOptions, print_report, profile_nin_step, run_bench
+    from nin_cli.bench import BenchOptions, print_report, profile_nin_step, run_bench  # lazy: start-up time
 
     opts = BenchOptions(steps=steps, rounds=rounds, workers=workers, conventional=conventional, tune_malloc=malloc,
                         peak_size=peak_size, clock=clock)
@@ -416,7 +332,7 @@ def bench(ctx: typer.Context,
 def _crash_log() -> str:
     """Save the traceback of the bug being handled: outputs/crash-*.log, else the temp directory; the words for
     the one line on screen (never a second traceback when neither can be written)."""
-    from nin_cli.errors import save_traceback
+    from nin_cli.errors import save_traceback  # lazy: start-up time
 
     return save_traceback(Path("outputs") / f"crash-{time.strftime('%Y%m%d-%H%M%S')}.log", traceback.format_exc())
 
@@ -424,17 +340,12 @@ def _crash_log() -> str:
 def main() -> None:
     from typer.exceptions import Abort, TyperException
 
-    from nin_cli.distributed import env_rank, report_failure, wait_to_be_stopped
-    from nin_cli.errors import PeerFailed
+    from nin_cli.distributed import report_failure, shown_here  # lazy: start-up time
 
     try:
         code = app(args=sys.argv[1:] or ["--help"], prog_name="nin", standalone_mode=False)
     except NinError as err:
-        if isinstance(err, PeerFailed):  # the agent must see the process that failed first; it then stops us
-            wait_to_be_stopped()
-        printed = env_rank() == 0 and not isinstance(err, PeerFailed)  # one line per run, not one per process
-        report_failure(str(err), err.exit_code, printed)  # a worker of `trainer.devices=N`: for the parent
-        if printed:
+        if shown_here(err):  # one line per run, not one per process of trainer.devices=N
             print(f"nin: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except Abort:

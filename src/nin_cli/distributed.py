@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from nin_cli.collectives import Dist, broadcast_object, env_rank, init_distributed, launched_by_torchrun  # noqa: F401
-from nin_cli.errors import ConfigError
+from nin_cli.errors import ConfigError, NinError, PeerFailed
 
 ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
 # The longest a rank whose peer died waits for the agent's SIGTERM (see `wait_to_be_stopped`); only reached when no
@@ -96,6 +96,17 @@ def printed_its_error(failure: Any) -> bool:
     return bool(info.get("printed"))
 
 
+def shown_here(err: NinError) -> bool:
+    """The error protocol of `main` for a known error: whether this process prints its line. A worker of
+    `trainer.devices=N` also records it for the parent (the error file); a worker that only lost its peers waits to
+    be stopped, so that the agent reports the process that failed first."""
+    if isinstance(err, PeerFailed):
+        wait_to_be_stopped()
+    printed = env_rank() == 0 and not isinstance(err, PeerFailed)
+    report_failure(str(err), err.exit_code, printed)
+    return printed
+
+
 def report_failure(message: str, exit_code: int, printed: bool = False) -> None:
     """A worker's one-line failure into torchelastic's error file, where the parent (or torchrun) finds it;
     `printed`: the worker showed the line itself, so the parent must not repeat it."""
@@ -112,6 +123,25 @@ def report_failure(message: str, exit_code: int, printed: bool = False) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- worker
+
+
+def train_command(args: list[str]) -> dict | None:
+    """`nin train ARGS`: validated before torch is imported or a run directory exists, then one process, N
+    processes (trainer.devices=N: this process launches them and exits with their code) or, launched by torchrun,
+    one of them. Returns the summary (None on ranks > 0)."""
+    from nin_cli.overrides import load_config  # Hydra: after the command line is parsed
+    from nin_cli.runs import resume_overrides  # ditto
+
+    overrides = resume_overrides(args)  # an existing run continues with its own overrides first
+    cfg = load_config(overrides)
+    if launched_by_torchrun():  # one of N processes: rank 0 makes the run directory and reports
+        return train_worker(overrides)
+    if cfg.trainer.devices > 1:
+        raise SystemExit(launch(cfg.trainer.devices, cfg.trainer.device, args))
+    from nin_cli.hydra_app import hydra_run  # torch: after the config is valid
+    from nin_cli.train import train_run  # ditto
+
+    return hydra_run(overrides, train_run)
 
 
 def train_worker(args_overrides: list[str]) -> dict | None:

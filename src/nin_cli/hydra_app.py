@@ -22,7 +22,14 @@ from typing import Any
 from nin_cli.config import NinConfig, to_config
 from nin_cli.errors import ConfigError, DataError, Interrupted, InterruptedNow, NinError, save_traceback
 from nin_cli.files import one_line, refuse_unsafe_tree
-from nin_cli.overrides import compose_hydra, hydra_session, schema_overrides
+from nin_cli.overrides import compose_hydra, config_sources, hydra_session, schema_overrides
+from nin_cli.runs import (
+    RunPaths,
+    output_dir_problem,
+    record_provenance,
+    refuse_finished_without_checkpoint,
+    run_dir_lock,
+)
 
 
 def _log_file(run_dir: Path) -> Path:
@@ -78,7 +85,6 @@ def _compose_run(hydra: Any, overrides: list[str]) -> tuple[Any, Path | None]:
     anything is created."""
     from hydra.types import RunMode
 
-    from nin_cli.runs import output_dir_problem
 
     cfg = compose_hydra(hydra, schema_overrides(overrides), "run", with_log_configuration=True)
     cfg.hydra.mode = RunMode.RUN
@@ -96,7 +102,6 @@ def guarded_run_dir(run_dir: Path | None, existed: bool):
     if run_dir is None:
         yield
         return
-    from nin_cli.runs import RunPaths, refuse_finished_without_checkpoint, run_dir_lock
 
     if existed:
         refuse_unsafe_tree(run_dir)
@@ -176,8 +181,6 @@ def record_config_sources(run_dir: Path) -> None:
     ($NIN_CONFIG_PATH) gave any (after the task: the task writes provenance.json first)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from nin_cli.overrides import config_sources
-    from nin_cli.runs import record_provenance
 
     sources = config_sources(dict(HydraConfig.get().runtime.choices))
     if sources and (run_dir / "provenance.json").is_file():

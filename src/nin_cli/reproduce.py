@@ -28,14 +28,15 @@ not run again; one holding checkpoints/last.pt continues from it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from nin_cli.errors import CollapsedError, ConfigError, DataError, DivergedError
-from nin_cli.report import DATA_NAMES, ROW_BY_KEY, ROWS, Row, comparability
+from nin_cli.errors import CheckFailed, CollapsedError, ConfigError, DataError, DivergedError
+from nin_cli.report import DATA_NAMES, ROW_BY_KEY, ROWS, Row, comparability, failed_checks, line_records, show_table
 from nin_cli.results import read_outcome, read_summary
 from nin_cli.runs import clear_outcome, write_json, write_outcome
 
@@ -216,3 +217,29 @@ def reproduce(budget: str, keys: list[str] | None, cifar10_jpeg: Path | None, ru
         status, message = run_one(run)
         console.print(f"{where}: {status}: {message}", highlight=False, markup=False, soft_wrap=True)
     return [run.run_dir for run in runs]
+
+
+def table_command(run_dirs: list[Path] | None, run: bool, budget: str | None, rows: str | None,
+                  seeds: list[int] | None, cifar10_jpeg: Path | None, out: Path, check: bool, as_json: bool) -> None:
+    """`nin table`: train what `--run` asks for, then the table (terminal, OUT/table.md, OUT/table.csv), its JSON
+    with --json, and the --check gate (exit 6 when a comparable row that was run is not reproduced)."""
+    import sys
+
+    from rich.console import Console
+
+
+    stream = sys.stderr if as_json else sys.stdout
+    console = Console(width=None if stream.isatty() else 150, stderr=as_json)  # piped or logged: don't fold at 80
+    if run:
+        if run_dirs:
+            raise ConfigError("--run trains into OUT/runs; give RUN_DIRS without --run")
+        run_dirs = reproduce(budget or "smoke", rows.split(",") if rows else None, cifar10_jpeg, out / "runs", console,
+                             seeds)
+    elif rows or cifar10_jpeg or seeds:
+        raise ConfigError("--rows, --seeds and --cifar10-jpeg choose what --run trains: add --run")
+    lines = show_table(run_dirs or [p for p in [out / "runs"] if p.is_dir()], out, console, budget)  # none: paper only
+    if as_json:
+        print(json.dumps({"rows": line_records(lines), "table_md": str(out / "table.md")}))
+    failed = failed_checks(lines) if check else []
+    if failed:
+        raise CheckFailed(f"{len(failed)} row(s) not reproduced: " + "; ".join(failed))

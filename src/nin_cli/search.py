@@ -28,6 +28,7 @@ from nin_cli.files import atomic_write, number, one_line, read_bytes
 from nin_cli.results import read_metrics, read_summary
 from nin_cli.runs import write_outcome
 from nin_cli.sweep import (
+    INSTALL,
     JobRow,
     guarded_sweep_dir,
     job_dirs,
@@ -235,9 +236,24 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
-def run_search(overrides: list[str], trials: int, seed: int, pruner: Any, dry_run: bool = False) -> list[JobRow]:
+def make_pruner(name: str) -> Any:
+    """median: stop a trial whose validation error is behind the median of the earlier trials' at the same epoch
+    (nothing on its first epoch alone: steps are epochs, n_warmup_steps=2; nor before two trials finished)."""
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(f"--trials needs Optuna, in the sweep extra: {INSTALL}") from None
+    if name not in ("median", "none"):
+        raise ConfigError(f"--pruner {name}: choose median or none")
+    return (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2) if name == "median"
+            else optuna.pruners.NopPruner())
+
+
+def run_search(overrides: list[str], trials: int, seed: int, pruner_name: str, dry_run: bool = False
+               ) -> list[JobRow]:
     """Plan and check the candidates, then run trials until the study in the sweep directory has `trials`
     finished ones; summary as `nin sweep` writes it (pruned trials marked)."""
+    pruner = make_pruner(pruner_name)
     plan = plan_sweep(overrides, sampled=True)
     space, fixed = search_space(plan.lines)
     if dry_run:

@@ -138,3 +138,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def signal_at_step(monkeypatch, step: int, signum: int) -> None:
+    """Send this process `signum` right after training step `step` (a real signal, mid-epoch)."""
+    import nin_cli.train as train
+
+    real_step = train.train_step
+
+    def wrapped(loop, *args):
+        out = real_step(loop, *args)
+        if loop.state.step == step:
+            os.kill(os.getpid(), signum)
+        return out
+
+    monkeypatch.setattr(train, "train_step", wrapped)

@@ -5,9 +5,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_subprocess
-from nin_cli.config import to_config
+from nin_cli.config import block_widths, to_config
 from nin_cli.errors import ConfigError
-from nin_cli.model import block_widths
 from nin_cli.overrides import compose, group_options, load_config
 
 

@@ -77,7 +77,7 @@ def test_presets_carry_the_authors_recipe(presets):
     assert (presets["paper_cifar10_aug"].dataset.translate, presets["paper_cifar10_aug"].dataset.flip) == (4, True)
     assert presets["paper_cifar10_nodropout"].model.dropout == 0 and presets["paper_cifar10"].model.dropout == 0.5
     assert presets["paper_svhn"].dataset.preprocessing == "gcn_lcn"
-    assert presets["paper_mnist"].dataset.preprocessing == "mean_image"  # the authors' provider: pixels − mean image
+    assert presets["paper_mnist"].dataset.preprocessing == "unit_mean_image"  # [0, 1] pixels − the mean image
     assert [presets[f"gap_vs_fc/{h}"].head.type for h in ("fc", "fc_dropout", "gap")] == ["fc", "fc_dropout", "gap"]
     cnn = [presets[f"cnn_gap/{h}"] for h in ("fc", "dropout_fc", "gap")]
     assert [c.head.type for c in cnn] == ["fc", "fc_dropout", "gap"] and all(c.model.arch == "cnn" for c in cnn)

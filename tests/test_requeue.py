@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST
+from conftest import FAST, signal_at_step
 
 
 def metrics_epochs(run: Path) -> list[int]:
@@ -82,20 +82,10 @@ def test_sigusr2_under_submitit_saves_then_hands_over_and_the_requeued_job_resum
 
 
 def test_outside_submitit_sigusr2_exits_140_and_calls_no_previous_handler(nin, tmp_path, monkeypatch):
-    import nin_cli.train as train
-
     monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
     called: list[int] = []
     old = signal.signal(signal.SIGUSR2, lambda signum, frame: called.append(signum))
-    real_step = train.train_step
-
-    def step(loop, *args):
-        out = real_step(loop, *args)
-        if loop.state.step == 3:
-            os.kill(os.getpid(), signal.SIGUSR2)
-        return out
-
-    monkeypatch.setattr(train, "train_step", step)
+    signal_at_step(monkeypatch, 3, signal.SIGUSR2)
     try:
         result = nin("train", *FAST, "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'run'}")
     finally:

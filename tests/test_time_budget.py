@@ -5,7 +5,6 @@ epochs it got, and continues after a SIGTERM or with a larger budget."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 import nin_cli.schedule as schedule
+from conftest import signal_at_step
 from nin_cli.config import ScheduleConfig
 from nin_cli.overrides import load_config
 from nin_cli.schedule import lr_multiplier, step_multipliers
@@ -91,14 +91,7 @@ def test_a_sigtermed_budgeted_run_continues_and_still_ends_at_the_deadline(nin, 
     import nin_cli.train as train
 
     real_step = train.train_step
-
-    def step(loop, *args):
-        out = real_step(loop, *args)
-        if loop.state.step == 40:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(train, "train_step", step)
+    signal_at_step(monkeypatch, 40, signal.SIGTERM)
     run = tmp_path / "run"
     first = nin("train", *RUN, f"trainer.max_time={BUDGET}", f"hydra.run.dir={run}")
     assert first.code == 143, first.err

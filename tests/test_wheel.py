@@ -64,7 +64,7 @@ def test_the_wheel_works_from_an_empty_directory(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("NIN_CONFIG_DIR", "PYTHONPATH")}
 
     # the installed package, with every config file of conf/ inside it
-    where = run([python, "-c", "import json, nin_cli, nin_cli.config as c; print(json.dumps([nin_cli.__file__, "
+    where = run([python, "-c", "import json, nin_cli, nin_cli.overrides as c; print(json.dumps([nin_cli.__file__, "
                  "str(c.config_dir()), nin_cli.__version__]))"], empty, env)
     assert where.returncode == 0, where.stderr
     module, conf, version = json.loads(where.stdout)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import FAST
+from conftest import FAST, signal_at_step
 from nin_cli.overrides import compose
 
 
@@ -61,17 +61,7 @@ def test_plain_mode_prints_progress_lines_inside_an_epoch(nin, tmp_path):
 
 def test_sigusr2_saves_last_pt_and_exits_140(nin, tmp_path, monkeypatch):
     """submitit's SLURM launcher warns a job with SIGUSR2 (`--signal=USR2@90`): a real signal, sent mid-epoch."""
-    import nin_cli.train as train
-
-    real_step = train.train_step
-
-    def step(loop, *args):
-        out = real_step(loop, *args)
-        if loop.state.step == 3:
-            os.kill(os.getpid(), signal.SIGUSR2)
-        return out
-
-    monkeypatch.setattr(train, "train_step", step)
+    signal_at_step(monkeypatch, 3, signal.SIGUSR2)
     run = tmp_path / "run"
     result = nin("train", *FAST, "trainer.epochs=2", f"hydra.run.dir={run}")
     assert result.code == 140, result.err

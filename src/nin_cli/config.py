@@ -430,7 +430,7 @@ def _model_size(model: ModelConfig, head: HeadConfig, shape: list[int], classes:
     params, activations, channels = 0, 0, shape[0]
     depth = None if model.arch == "cnn" else model.micro_depth
     for block, (conv, pooled) in zip(model.blocks, _check_fits(model, shape), strict=True):
-        widths = [classes if w is None else w for w in _block_widths(block.widths, depth)]
+        widths = [classes if w is None else w for w in block_widths(block.widths, depth)]
         positions = conv[0] * conv[1]
         local = positions if block.layer == "local" else 1
         for i, width in enumerate(widths):
@@ -444,15 +444,21 @@ def _model_size(model: ModelConfig, head: HeadConfig, shape: list[int], classes:
     return params, activations
 
 
-def _block_widths(widths: list[int | None], micro_depth: int | None) -> list[int | None]:
-    """model.block_widths without importing torch: the widths a block uses for `micro_depth` 1×1 layers."""
+def block_widths(widths: list[int | None], micro_depth: int | None) -> list[int | None]:
+    """The widths a block uses when `micro_depth` asks for a given number of 1×1 layers.
+
+    The block's output width (the last entry) is kept so neighbouring blocks still fit. Intermediate 1×1 widths
+    are truncated from the end, or extended by repeating the last intermediate width (the k×k conv's width when
+    there is none). micro_depth=0 leaves the k×k conv alone, emitting the block's output width.
+    """
     if micro_depth is None or micro_depth == len(widths) - 1:
         return list(widths)
     if micro_depth == 0:
         return [widths[-1]]
     hidden = list(widths[1:-1])
     filler = hidden[-1] if hidden else widths[0]
-    return [widths[0], *(hidden + [filler] * micro_depth)[: micro_depth - 1], widths[-1]]
+    hidden = (hidden + [filler] * micro_depth)[: micro_depth - 1]
+    return [widths[0], *hidden, widths[-1]]
 
 
 def to_config(node: Any) -> NinConfig:

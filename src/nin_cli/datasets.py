@@ -370,7 +370,7 @@ def _decode(path: str, shape: list[int] | None) -> torch.Tensor:
                              mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
         image = image[0] if image.ndim == 4 else image  # animated GIF: first frame
     except (ImportError, RuntimeError, ValueError):
-        image = _decode_pil(path, data, channels)
+        image = decode_pil(data, channels, path)
     if shape and list(image.shape[1:]) != list(shape[1:]):
         resized = torch.nn.functional.interpolate(image[None].float(), size=tuple(shape[1:]), mode="bilinear",
                                                   antialias=True, align_corners=False)
@@ -378,14 +378,18 @@ def _decode(path: str, shape: list[int] | None) -> torch.Tensor:
     return image
 
 
-def _decode_pil(path: str, data: bytes, channels: int) -> torch.Tensor:
+def decode_pil(data: bytes, channels: int, path: str = "") -> torch.Tensor:
+    """An encoded image's bytes → uint8 C×H×W (grey for one channel, else RGB); a DataError (naming the image folder's
+    file `path`, when given) otherwise. `nin predict` decodes with it too."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             array = np.asarray(im.convert("L" if channels == 1 else "RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"imagefolder: cannot decode {path} ({one_line(err, 200)}): not a readable image") from None
+        why = one_line(err, 200 if path else 120)
+        raise DataError(f"imagefolder: cannot decode {path} ({why}): not a readable image" if path
+                        else f"not a readable image ({why})") from None
     return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1).contiguous()
 
 

@@ -14,25 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nin_cli.config import BlockConfig, HeadConfig, ModelConfig
+from nin_cli.config import BlockConfig, HeadConfig, ModelConfig, block_widths
 from nin_cli.errors import ConfigError
-
-
-def block_widths(widths: list[int | None], micro_depth: int | None) -> list[int | None]:
-    """The widths a block uses when `micro_depth` asks for a given number of 1×1 layers.
-
-    The block's output width (the last entry) is kept so neighbouring blocks still fit. Intermediate 1×1 widths
-    are truncated from the end, or extended by repeating the last intermediate width (the k×k conv's width when
-    there is none). micro_depth=0 leaves the k×k conv alone, emitting the block's output width.
-    """
-    if micro_depth is None or micro_depth == len(widths) - 1:
-        return list(widths)
-    if micro_depth == 0:
-        return [widths[-1]]
-    hidden = list(widths[1:-1])
-    filler = hidden[-1] if hidden else widths[0]
-    hidden = (hidden + [filler] * micro_depth)[: micro_depth - 1]
-    return [widths[0], *hidden, widths[-1]]
 
 
 class LocallyConnected2d(nn.Module):

@@ -23,12 +23,11 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from nin_cli.data import to_input
-from nin_cli.datasets import IMG_EXTENSIONS
+from nin_cli.datasets import IMG_EXTENSIONS, decode_pil
 from nin_cli.errors import ConfigError, DataError
 from nin_cli.files import atomic_write, one_line
 from nin_cli.runs import output_dir_problem
@@ -130,7 +129,7 @@ def decode_image(data: bytes, shape: list[int]) -> torch.Tensor:
                               mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
         image = image[0] if image.ndim == 4 else image  # animated: the first frame
     except (ImportError, RuntimeError, ValueError):
-        image = decode_with_pil(data, channels)
+        image = decode_pil(data, channels)
     if image.dtype == torch.uint16:  # a 16-bit PNG: its top 8 bits (to_input would take uint16 as preprocessed)
         image = (image.to(torch.int32) >> 8).to(torch.uint8)
     if list(image.shape[1:]) != list(shape[1:]):
@@ -138,17 +137,6 @@ def decode_image(data: bytes, shape: list[int]) -> torch.Tensor:
                                 align_corners=False)
         image = resized[0].round().clamp(0, 255).to(torch.uint8)
     return image
-
-
-def decode_with_pil(data: bytes, channels: int) -> torch.Tensor:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"not a readable image ({one_line(err, 120)})") from None
-    return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1).contiguous()
 
 
 def load_image(path: str, shape: list[int]) -> torch.Tensor:

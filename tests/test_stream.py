@@ -217,3 +217,22 @@ def test_imagenet_preset_trains_evaluates_and_exports_on_an_imagenet_format_fold
     exported = nin("export", ckpt, "--format", "onnx", "--out", tmp_path / "nin.onnx")
     assert exported.code == 0, exported.err
     assert (tmp_path / "nin.onnx").stat().st_size > 10_000
+    # nin predict sees what evaluation saw: the image resized to 256², then its centre 224² crop
+    import torch
+    import torch.nn.functional as F
+
+    from nin_cli.data import to_input
+    from nin_cli.predict import load_image
+    from nin_cli.trained import load_trained
+
+    images = sorted((root / "val").rglob("*.JPEG"))
+    predicted = nin("predict", ckpt, *images, "--top", "3", "--json")
+    assert predicted.code == 0, predicted.err
+    model = load_trained(ckpt, device="cpu")
+    stored = torch.stack([load_image(str(path), [3, 256, 256]) for path in images])
+    with torch.no_grad():
+        probs = F.softmax(model.model(to_input(stored[:, :, 16:240, 16:240], model.preprocessing)), dim=1)
+    rows = predicted.json()["predictions"]
+    assert [row["path"] for row in rows] == [str(path) for path in images]
+    for row, p in zip(rows, probs, strict=True):
+        assert abs(row["top"][0]["probability"] - p.max().item()) < 1e-5

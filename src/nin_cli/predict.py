@@ -161,6 +161,20 @@ def class_probs(trained, images: torch.Tensor, tta: bool) -> torch.Tensor:
     return log_probs.exp().cpu()
 
 
+def stored_shape(trained) -> list[int]:
+    """The shape training stored its images at: dataset.resize² where set (the ImageNet recipe: the model sees
+    centre crops of it), else the model's own input shape."""
+    resize = trained.cfg.dataset.resize
+    return [trained.image_shape[0], resize, resize] if resize else list(trained.image_shape)
+
+
+def model_view(image: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """The centre crop evaluation takes of a stored image (data.centre_crop's arithmetic); a no-op when equal."""
+    height, width = image.shape[1:]
+    top, left = round((height - shape[1]) / 2), round((width - shape[2]) / 2)
+    return image[:, top:top + shape[1], left:left + shape[2]].contiguous()
+
+
 def predict_files(trained, files: list[str], top: int, tta: bool, batch_size: int
                   ) -> tuple[list[dict], list[dict]]:
     """(one row per readable image: path and its top-K classes with probabilities, the skipped files with why)."""
@@ -170,7 +184,7 @@ def predict_files(trained, files: list[str], top: int, tta: bool, batch_size: in
         images, kept = [], []
         for path in files[start:start + batch_size]:
             try:
-                images.append(load_image(path, trained.image_shape))
+                images.append(model_view(load_image(path, stored_shape(trained)), trained.image_shape))
                 kept.append(path)
             except DataError as err:
                 skipped.append({"path": path, "reason": str(err)})

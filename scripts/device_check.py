@@ -130,7 +130,8 @@ def short_steps(device: str) -> dict[str, tuple[list[str], int]]:
     return {"tests_cuda": (tests, 150),
             "bench_row": (nin("bench", f"experiment={ROW}", "trainer.device=cuda", *fast), 60),
             "bench_paper_aug_bf16_compile": (nin("bench", "experiment=paper_cifar10_aug", "trainer.device=cuda",
-                                                 "trainer.precision=bf16", "trainer.compile=true", *fast), 90),
+                                                 "trainer.precision=bf16", "trainer.compile=true",
+                                                 "trainer.compile_mode=reduce-overhead", *fast), 90),
             "bench_fast_cifar10_bf16": (nin("bench", "experiment=fast_cifar10", "trainer.device=cuda",
                                             "trainer.precision=bf16", *fast), 60)}
 

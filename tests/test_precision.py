@@ -98,3 +98,21 @@ def test_nin_info_says_which_precision_and_why(nin, monkeypatch):
     assert info["precision"] == "bf16" and "amx_bf16" in info["precision_why"]
     paper = nin("info", "experiment=paper_mnist", "trainer.precision=auto", "--json").json()
     assert paper["precision"] == "fp32"  # the paper presets stay fp32 unless asked
+
+
+def test_compile_mode_reaches_torch_compile(nin, tmp_path, monkeypatch):
+    """trainer.compile_mode=reduce-overhead (CUDA graphs of the step on a GPU) is what torch.compile is given; the
+    compiled step is the one that trains (a stand-in compile here: inductor's CPU build is minutes on 2 cores)."""
+    seen: list = []
+
+    def fake_compile(module, mode=None):
+        seen.append(mode)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    result = nin("train", *FAST, "trainer.max_steps_per_epoch=2", "trainer.compile=true",
+                 "trainer.compile_mode=reduce-overhead", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.code == 0, result.err
+    assert seen == ["reduce-overhead"]
+    bad = nin("info", "trainer.compile_mode=fast")
+    assert bad.code == 2 and "trainer.compile_mode" in bad.err_lines[-1]

@@ -35,7 +35,7 @@ from nin_cli.files import one_line
 from nin_cli.metrics import evaluate
 from nin_cli.model import build_model
 from nin_cli.runs import RunPaths
-from nin_cli.runtime import autocast, autocast_dtype, resolve_device, set_tf32, tune_malloc, with_precision
+from nin_cli.runtime import autocast, autocast_dtype, compiled, resolve_device, set_tf32, tune_malloc, with_precision
 from nin_cli.schedule import build_optimizer
 from nin_cli.train import new_loop, train_one_epoch
 
@@ -211,7 +211,7 @@ def make_trainee(cfg: NinConfig, device: torch.device, channels_last: bool, comp
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=cfg.optim.momentum,
                                     weight_decay=cfg.optim.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision == "fp16")
-    return Trainee(model, torch.compile(model) if compile_ else model, optimizer, scaler)
+    return Trainee(model, compiled(model, compile_, cfg.trainer.compile_mode), optimizer, scaler)
 
 
 class PilImages(torch.utils.data.Dataset):

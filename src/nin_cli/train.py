@@ -71,6 +71,7 @@ from nin_cli.runs import (
 from nin_cli.runtime import (
     autocast,
     autocast_dtype,
+    compiled,
     resolve_device,
     seed_everything,
     set_tf32,
@@ -463,7 +464,7 @@ def setup(cfg: NinConfig, paths: RunPaths, stop: StopRequest, dist: Dist) -> Loo
         truncate_events(paths.tb, loop.state.step)
         writer = SummaryWriter(str(paths.tb))
     # training time starts now (data loading and setup not counted)
-    return replace(loop, step_model=torch.compile(step_model) if tr.compile else step_model, writer=writer,
+    return replace(loop, step_model=compiled(step_model, tr.compile, tr.compile_mode), writer=writer,
                    clock=time.perf_counter())
 
 

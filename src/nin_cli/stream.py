@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import hashlib
 import json
 import logging
@@ -137,7 +138,15 @@ def read_batches(images: StreamImages, batches: list[torch.Tensor]) -> Iterator[
                                          generator=torch.Generator(),  # else it draws its seed from torch's
                                          # global generator: dropout would see other numbers than resident runs
                                          multiprocessing_context=_START, worker_init_fn=_die_with_parent)
-    yield from loader
+    # Forked readers share this process's pages until one is written; the garbage collector writes to every object
+    # it scans, so each reader would soon hold its own copy of them (measured: +250 MB per reader). Frozen objects
+    # are never scanned, in the readers either; the parent collects them again once its readers have forked.
+    gc.freeze()
+    try:
+        batches_read = iter(loader)  # forks the readers
+    finally:
+        gc.unfreeze()
+    yield from batches_read
 
 
 def _die_with_parent(_: int) -> None:
@@ -278,7 +287,8 @@ def channel_mean_std(images: StreamImages, chunk_bytes: int = 16 << 20) -> tuple
         pass
     counts = torch.zeros(images.stored[0], 256, dtype=torch.int64)
     batches = list(torch.arange(len(images)).split(max(1, chunk_bytes // math.prod(images.stored))))
-    for batch in read_batches(images, batches):
+    for index in batches:  # in this process: one pass, nothing to read ahead (readers would copy its pages)
+        batch = read_rows(images, images.rows[index])
         for c in range(batch.shape[1]):
             counts[c] += torch.bincount(batch[:, c].reshape(-1), minlength=256)
     mean, std = _mean_std(counts)

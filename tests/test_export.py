@@ -175,7 +175,13 @@ def recipe_lcn(x: np.ndarray, prep: dict) -> np.ndarray:
 
 
 def apply_recipe(prep: dict, raw: np.ndarray) -> np.ndarray:
-    """A consumer's preprocessing from the sidecar alone: the recipe text of each kind with its constants."""
+    """A consumer's preprocessing from the sidecar alone: the recipe text of each kind with its constants, then the
+    input scale when the sidecar names one."""
+    x = recipe_of_kind(prep, raw)
+    return x * prep["input_scale"] if "input_scale" in prep else x
+
+
+def recipe_of_kind(prep: dict, raw: np.ndarray) -> np.ndarray:
     x, kind = raw.astype(np.float64), prep["kind"]
     if kind == "none":
         return x / 255
@@ -222,8 +228,9 @@ def test_every_preprocessing_kind_has_a_recipe():
     assert sorted(RECIPES) == sorted(kind_choices()) == sorted(RECIPE_WORDS)
 
 
+@pytest.mark.parametrize("scale", [1.0, 16.0])
 @pytest.mark.parametrize("kind", kind_choices())
-def test_each_kind_s_recipe_gives_the_model_s_inputs(tmp_path, kind):
+def test_each_kind_s_recipe_gives_the_model_s_inputs(tmp_path, kind, scale):
     """The sidecar's recipe and constants, applied by NumPy to raw uint8 images exactly as written, give nin's
     `apply_preprocessing` output to 1e-6 (GCN+ZCA: 3e-5, see RECIPE_TOLERANCE); the float16 rounding the GCN
     recipes name gives `to_input`'s inputs (what the exported model is fed): 99 % bit for bit, the rest within one
@@ -237,14 +244,15 @@ def test_each_kind_s_recipe_gives_the_model_s_inputs(tmp_path, kind):
     images = torch.randint(0, 256, (300, 3, 10, 10), generator=generator, dtype=torch.uint8)
     images[0] = 77  # a flat image: GCN only centres it
     cfg = load_config(["dataset=synthetic", "dataset.image_shape=[3,10,10]", f"dataset.preprocessing={kind}",
-                       f"dataset.cache_dir={tmp_path}"]).dataset
+                       f"dataset.cache_dir={tmp_path}", f"dataset.input_scale={scale}"]).dataset
     constants = fit_preprocessing(Split(images[:256], torch.zeros(256, dtype=torch.long)), cfg, torch.device("cpu"))
     prep = json.loads(json.dumps(preprocessing_for_json(constants)))  # what a consumer reads from the sidecar
     assert prep["kind"] == kind and all(word in prep["recipe"] for word in RECIPE_WORDS[kind]), prep["recipe"]
+    assert prep.get("input_scale", 1.0) == scale and ("x *= input_scale" in prep["recipe"]) == (scale != 1.0)
     raw = torch.cat([images[:1], images[256:]])  # test images: not fitted on, the flat one included
     ours = apply_recipe(prep, raw.numpy())
     nin_x = apply_preprocessing(raw, constants).double().numpy()
-    tol = RECIPE_TOLERANCE.get(kind, 1e-6)
+    tol = RECIPE_TOLERANCE.get(kind, 1e-6) * scale  # an absolute error: scaled with the inputs
     assert np.abs(ours - nin_x).max() <= tol
     model_x = to_input(raw, constants).double().numpy()
     if "float16" in prep["recipe"]:  # rounded alike, up to one float16 step where the float32 noise crosses a tie
@@ -252,9 +260,9 @@ def test_each_kind_s_recipe_gives_the_model_s_inputs(tmp_path, kind):
         assert np.all(np.abs(rounded - model_x) <= 2 ** -10 * np.abs(model_x) + tol)
         assert np.mean(rounded == model_x) > 0.99
     else:
-        assert np.abs(ours - model_x).max() <= 1e-6
+        assert np.abs(ours - model_x).max() <= tol
     if kind == "unit_mean_image":  # the mean image is stored on the [0, 1] scale, the input's own
-        assert decode(prep["mean_image"]).max() <= 1.0 and abs(ours.mean()) < 0.05
+        assert decode(prep["mean_image"]).max() <= 1.0 and abs(ours.mean()) < 0.05 * scale
 
 
 # --------------------------------------------------------------- classic dropout, loaded by each file's runtime

@@ -47,6 +47,10 @@ class DatasetConfig:
     preprocessing: str = _choice("mean_std", "none", "mean_std", "mean_image", "unit_mean_image", "gcn_zca",
                                            "gcn_lcn")
     gcn_scale: float = _range(55.0, lo=0, lo_open=True)
+    # The preprocessed input times this factor (1: as the preprocessing defines it). The network is positively
+    # homogeneous at a zero-bias init, so this scales its first logits and relative weight steps alike
+    # (BENCHMARKS.md, "The MNIST plateau, measured").
+    input_scale: float = _range(1.0, lo=0, lo_open=True, hi=1000.0)
     zca_bias: float = _range(0.1, lo=0, lo_open=True)  # > 0: GCN leaves the covariance singular
     translate: int = _range(0, lo=0, hi=16)  # pad-and-crop augmentation, pixels
     flip: bool = False

@@ -94,7 +94,13 @@ def tensors_digest(*tensors: torch.Tensor) -> str:
 
 
 def fit_preprocessing(train: Split, cfg: DatasetConfig, device: torch.device) -> dict:
-    """The constants of `cfg.preprocessing`, fitted on the training split only (what checkpoints store)."""
+    """The constants of `cfg.preprocessing`, fitted on the training split only (what checkpoints store), with
+    `input_scale` when it is not 1 (so a checkpoint made without it keeps the same constants)."""
+    constants = _fit_kind(train, cfg, device)
+    return constants if cfg.input_scale == 1.0 else constants | {"input_scale": float(cfg.input_scale)}
+
+
+def _fit_kind(train: Split, cfg: DatasetConfig, device: torch.device) -> dict:
     channels = train.images.shape[1]
     if cfg.preprocessing == "none":
         return {"kind": "none", "mean": [0.0] * channels, "std": [1.0] * channels}

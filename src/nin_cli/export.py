@@ -217,6 +217,7 @@ _GCN = ("x = float64(image uint8, C×H×W) flattened; x −= mean(x); x *= gcn_s
         "‖x‖₂ < 1e-8")
 _ROUNDING = ("; training stored these inputs rounded to float16 (round x to float16 and back to reproduce them "
              "bit for bit; unrounded float32 differs by at most 2⁻¹¹ relative)")
+SCALE_STEP = "; then x *= input_scale (dataset.input_scale), before any rounding named above"
 RECIPES = {  # kind → what a consumer does to one raw uint8 C×H×W image with the constants beside the recipe
     "none": "x = float32(image uint8, C×H×W) / 255 (no normalisation: mean 0, std 1)",
     "mean_std": "x = float32(image uint8, C×H×W) / 255; x[c] = (x[c] − mean[c]) / std[c] for each channel c",
@@ -240,7 +241,7 @@ def preprocessing_for_json(consts: dict) -> dict:
         raise DataError(f"preprocessing kind {kind!r} has no export recipe; kinds are {', '.join(RECIPES)}")
     out = {k: (encode_array(v) if isinstance(v, torch.Tensor) else v) for k, v in consts.items()}
     out["kind"] = kind
-    out["recipe"] = RECIPES[kind]
+    out["recipe"] = RECIPES[kind] + (SCALE_STEP if "input_scale" in consts else "")
     return out
 
 

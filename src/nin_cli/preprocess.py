@@ -103,6 +103,12 @@ def channel_mean_std(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def apply_preprocessing(images: torch.Tensor, constants: dict) -> torch.Tensor:
     """uint8 (N, C, H, W) images → float32 model inputs, as described by `constants` (Data.preprocessing)."""
+    x = _normalise(images, constants)
+    scale = float(constants.get("input_scale", 1.0))  # dataset.input_scale; absent in older checkpoints
+    return x if scale == 1.0 else x.mul_(scale)
+
+
+def _normalise(images: torch.Tensor, constants: dict) -> torch.Tensor:
     kind = constants.get("kind", "mean_std")
     x = images.to(torch.float32)
     if kind in ("none", "mean_std"):

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BUDGET ?= smoke
 
-.PHONY: venv test lint demo reproduce-table bench clean device-prep
+.PHONY: venv test lint demo reproduce-table bench host-table clean device-prep
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ device-prep: $(STAMP)
 # SKIP_TTA=1 leaves out the two 60-minute runs; OUT= and FIG_DIR= as in scripts/benchmarks.sh).
 bench: $(STAMP)
 	bash scripts/benchmarks.sh
+
+# BENCHMARKS.md's per-host table (fp32 and bf16 img/s, the peak, the share) on this host, quiet: ~3 minutes.
+host-table: $(STAMP)
+	bash scripts/host_table.sh
 
 clean:
 	rm -rf outputs .pytest_cache

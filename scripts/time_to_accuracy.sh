@@ -7,7 +7,8 @@
 #     paper            experiment=paper_cifar10_aug, the paper's recipe
 # Needs a quiet machine (nothing else running): about 65 minutes a run. Environment knobs:
 #   CIFAR10_JPEG (default ~/.cache/nin/cifar10-jpeg), OUT (default outputs/time_to_accuracy/<date>),
-#   FIG_DIR (default docs/benchmarks: the PNG and the Markdown table BENCHMARKS.md shows), BUDGET_S (3600),
+#   FIG_DIR (default docs/benchmarks/hosts/<this host's CPU>: the PNG and the Markdown table, named after RUNS, so
+#   a run on one host never writes over another host's figures), BUDGET_S (3600),
 #   TARGET (the plot's target line, default 85), PAPER_OVERRIDES (extra overrides for the paper run, e.g.
 #   "model.final_relu=false": the remedy for its collapse) and PAPER_RUN (its directory under OUT and its label in
 #   the plot; default paper_cifar10_aug).
@@ -15,10 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${CIFAR10_JPEG:-$HOME/.cache/nin/cifar10-jpeg}
 OUT=${OUT:-outputs/time_to_accuracy/$(date +%Y-%m-%d_%H-%M-%S)}
-FIG_DIR=${FIG_DIR:-docs/benchmarks}
+FIG_DIR=${FIG_DIR:-docs/benchmarks/hosts/$(.venv/bin/python scripts/host_table.py --slug)}
 BUDGET_S=${BUDGET_S:-3600}
 PAPER_RUN=${PAPER_RUN:-paper_cifar10_aug}
 PY=.venv/bin/python
+NAME=time_to_accuracy_$(echo "${RUNS:-fast_cifar10 paper}" | tr ' ' '+')
 # Freed memory stays in glibc's heap: no page faults on every step's large activations (BENCHMARKS.md,
 # "Training throughput"). `nin bench` does the same in-process.
 export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647}
@@ -43,5 +45,5 @@ for run in $RUNS; do
     DIRS+=("$OUT/$DIR")
 done
 $PY scripts/plot_time_to_accuracy.py "${DIRS[@]}" --budget-min "$((BUDGET_S / 60))" --target "${TARGET:-85}" \
-    --png "$FIG_DIR/time_to_accuracy.png" --markdown "$FIG_DIR/time_to_accuracy.md"
-echo "curves: $OUT/*/curve.jsonl; plot: $FIG_DIR/time_to_accuracy.png; table: $FIG_DIR/time_to_accuracy.md"
+    --png "$FIG_DIR/$NAME.png" --markdown "$FIG_DIR/$NAME.md"
+echo "curves: $OUT/*/curve.jsonl; plot: $FIG_DIR/$NAME.png; table: $FIG_DIR/$NAME.md"

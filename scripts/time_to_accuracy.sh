@@ -11,7 +11,8 @@
 #   a run on one host never writes over another host's figures), BUDGET_S (3600),
 #   TARGET (the plot's target line, default 85), PAPER_OVERRIDES (extra overrides for the paper run, e.g.
 #   "model.final_relu=false": the remedy for its collapse) and PAPER_RUN (its directory under OUT and its label in
-#   the plot; default paper_cifar10_aug).
+#   the plot; default paper_cifar10_aug), EXTRA_OVERRIDES (appended to every run's, e.g. the time-budgeted
+#   recipe: "schedule.by_time=true trainer.max_time=3420 trainer.epochs=200").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${CIFAR10_JPEG:-$HOME/.cache/nin/cifar10-jpeg}
@@ -39,6 +40,7 @@ for run in $RUNS; do
         paper) ARGS=("${PAPER[@]}"); DIR=$PAPER_RUN; TTA=() ;;
         *) echo "RUNS: unknown run '$run' (fast_cifar10 | fast_cifar10_92 | paper)" >&2; exit 2 ;;
     esac
+    ARGS+=(${EXTRA_OVERRIDES:-})
     # One-time dataset work outside the timed run, like a download: decode the JPEGs, fit the preprocessing (cached)
     .venv/bin/nin data "${ARGS[@]}" > /dev/null
     $PY scripts/time_to_accuracy.py "$OUT/$DIR" --budget-s "$BUDGET_S" "${TTA[@]}" -- "${ARGS[@]}"

@@ -279,6 +279,29 @@ def test_gcn_zca_is_fitted_once_and_cached(tmp_path, monkeypatch):
     assert torch.equal(to_input(raw.test_images, first.preprocessing), first.test.images.float())
 
 
+@pytest.mark.parametrize("tamper", ["another_key", "wrong_shape", "nan"])
+def test_a_readable_but_wrong_zca_cache_is_refitted_not_trusted(tmp_path, tamper):
+    """A cache file swapped for another training set's fit (same name), cut to another shape or holding NaNs is
+    refitted: the run trains on this training set's whitening, the same as a run with no cache."""
+    args = ["dataset=synthetic", "dataset.image_shape=[3,6,6]", "dataset.size=80", "dataset.val_size=16",
+            "dataset.preprocessing=gcn_zca", f"dataset.cache_dir={tmp_path}"]
+    first = load_data(dataset_cfg(*args), CPU)
+    (path,) = (tmp_path / "zca").glob("*.pt")
+    cached = torch.load(path, weights_only=True)
+    if tamper == "another_key":
+        cached["key"] = "0" * 16 + "-s55-b0.1"
+        cached["zca_matrix"] = torch.eye(108)
+    elif tamper == "wrong_shape":
+        cached["zca_matrix"] = cached["zca_matrix"][:100, :100].contiguous()
+    else:
+        cached["zca_matrix"][3, 5] = float("nan")
+    torch.save(cached, path)
+    second = load_data(dataset_cfg(*args), CPU)
+    assert torch.equal(second.preprocessing["zca_matrix"], first.preprocessing["zca_matrix"])
+    assert torch.equal(second.train.images, first.train.images)
+    assert torch.equal(torch.load(path, weights_only=True)["zca_matrix"], first.preprocessing["zca_matrix"])
+
+
 # ------------------------------------------------------------------------------------------- augmentation
 
 

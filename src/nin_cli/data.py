@@ -133,14 +133,25 @@ def cached_zca(images: torch.Tensor, cfg: DatasetConfig, device: torch.device) -
     key = tensors_digest(images) + f"-s{cfg.gcn_scale:g}-b{cfg.zca_bias:g}"
     path = Path(cfg.cache_dir).expanduser() / "zca" / f"{key}.pt"
     cached = read_cache(path)
-    if cached is not None:
+    if cached is not None and zca_cache_fits(cached, key, dim):
         return cached["zca_mean"], cached["zca_matrix"]
+    if cached is not None:
+        log.warning("ignoring the ZCA cache %s: not this training set's fit (key, shape or values); refitting", path)
     log.info("fitting ZCA on %d training images (once; cached in %s)", len(images), path)
     fit_device = device if device.type == "cuda" else torch.device("cpu")  # float64: not on mps
     mean, whiten = fit_zca(images.to(fit_device), cfg.zca_bias, cfg.gcn_scale)
-    result = {"zca_mean": mean.float().cpu(), "zca_matrix": whiten.float().cpu()}
+    result = {"key": key, "zca_mean": mean.float().cpu(), "zca_matrix": whiten.float().cpu()}
     write_cache(path, result)
     return result["zca_mean"], result["zca_matrix"]
+
+
+def zca_cache_fits(cached: dict, key: str, dim: int) -> bool:
+    """A cache file is trusted only as the fit it names: its own key (a file copied or renamed from another
+    training set's fails), float32 shapes (dim,) and (dim, dim), finite values."""
+    mean, whiten = cached.get("zca_mean"), cached.get("zca_matrix")
+    return (cached.get("key") == key and isinstance(mean, torch.Tensor) and isinstance(whiten, torch.Tensor)
+            and mean.dtype == whiten.dtype == torch.float32 and tuple(mean.shape) == (dim,)
+            and tuple(whiten.shape) == (dim, dim) and bool(torch.isfinite(whiten).all() & torch.isfinite(mean).all()))
 
 
 def prepare_split(split: Split, constants: dict, device: torch.device, chunk: int = 4096) -> Split:

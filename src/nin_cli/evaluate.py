@@ -9,22 +9,25 @@ confusion matrix: a rich table, JSON, a PNG and a TensorBoard image.
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 import torch
 
 from nin_cli.data import Data, load_data
 from nin_cli.errors import ConfigError, DataError
-from nin_cli.files import atomic_write, prepare_output_dir
+from nin_cli.files import atomic_write, is_utf8_path, prepare_output_dir
 from nin_cli.maps import confusion_image
 from nin_cli.metrics import classification_metrics, evaluate, predict_log_probs  # noqa: F401 (evaluate: re-exported)
 from nin_cli.runs import output_dir_problem
 from nin_cli.trained import load_trained
 
+log = logging.getLogger("nin")
 SPLITS = ("test", "val", "train")
 # Dataset keys that decide the preprocessing constants: while the overrides leave them as trained, the stored
 # constants are used; otherwise they are fitted afresh on the (new) training split.
-PREPROCESSING_KEYS = ("preprocessing", "gcn_scale", "zca_bias")
+PREPROCESSING_KEYS = ("preprocessing", "gcn_scale", "zca_bias", "input_scale")
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -89,6 +92,10 @@ def write_eval_outputs(metrics: dict, classes: list[str], out: Path, step: int) 
              "rows true, columns predicted")
     image = confusion_image(metrics["confusion"], classes, title)
     atomic_write(out / "confusion.png", lambda f: image.save(f, format="PNG"))
+    if not is_utf8_path(out):  # TensorBoard encodes file names as UTF-8 only; the JSON and the PNG are written
+        log.warning("%r: not a UTF-8 path; TensorBoard cannot name its event file there: no tb/ (metrics.json and "
+                    "confusion.png are written)", os.fsencode(out))
+        return
     writer = SummaryWriter(str(out / "tb"))
     try:
         split = metrics["split"]

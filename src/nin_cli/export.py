@@ -143,14 +143,14 @@ def dropout_note(notes: list[str]) -> str:
 def export_safetensors(model: torch.nn.Module, out: Path, config: dict | None = None) -> None:
     """The state dict with the config it loads into in the metadata; a classic-dropout model folded first, and the
     fold said in the metadata too (where a loader looks first), so the weights are a standard inference model."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save  # to bytes: the library's own file functions take UTF-8 paths only
 
     model, notes = fold_classic_dropout(model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "pt", "nin_config": json.dumps(inference_config(config or {}))}
     if notes:
         metadata["nin_dropout"] = dropout_note(notes)
-    save_file(tensors, str(out), metadata=metadata)
+    out.write_bytes(save(tensors, metadata=metadata))  # `out` is the temp name export renames after parity
 
 
 def reload_runner(fmt: str, out: Path, trained) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -169,12 +169,12 @@ def reload_runner(fmt: str, out: Path, trained) -> Callable[[torch.Tensor], torc
     if fmt == "exported-program":
         module = torch.export.load(str(out)).module()
         return lambda x: module(x)
-    from safetensors.torch import load_file
+    from safetensors.torch import load  # from bytes, as saved
 
 
     model_cfg = replace(trained.cfg.model, dropout_style="inverted")  # the file's weights are folded (see above)
     fresh = build_model(model_cfg, trained.cfg.head, trained.image_shape, len(trained.classes))
-    fresh.load_state_dict(load_file(str(out)), strict=True)
+    fresh.load_state_dict(load(out.read_bytes()), strict=True)
     fresh.eval()
     return lambda x: fresh(x)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from nin_cli.errors import DataError, UnsafeFileError
+from nin_cli.errors import ConfigError, DataError, UnsafeFileError
 
 MAX_STATE_FILE = 64 * 1024 * 1024  # a run directory's JSON/YAML/text state files; metrics of 100k epochs fit
 MAX_DEPTH = 32  # JSON/YAML nesting nin's own files never exceed
@@ -101,6 +101,24 @@ def unsafe_entry(root: Path) -> str | None:
                 elif not stat.S_ISREG(mode):
                     return f"{entry.path} is a special file (not a regular file)"
     return None
+
+
+def is_utf8_path(path: Path) -> bool:
+    """Whether the path's name is UTF-8 text (POSIX names are bytes: os.fsdecode keeps other bytes as surrogates)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def require_utf8_path(path: Path, what: str = "run directory") -> None:
+    """Exit 2 before anything is written where a record could not name the path: TensorBoard's event files and
+    Hydra's YAML take UTF-8 names only."""
+    path = path.absolute()  # a relative name under a non-UTF-8 working directory is one too
+    if not is_utf8_path(path):
+        raise ConfigError(f"{os.fsencode(path)!r}: the {what}'s path is not UTF-8 text, which TensorBoard and "
+                          "Hydra's records need; rename the folder or choose hydra.run.dir=/a/utf-8/path")
 
 
 def refuse_unsafe_tree(root: Path, what: str = "run directory") -> None:

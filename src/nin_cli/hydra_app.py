@@ -21,7 +21,7 @@ from typing import Any
 
 from nin_cli.config import NinConfig, to_config
 from nin_cli.errors import ConfigError, DataError, Interrupted, InterruptedNow, NinError, save_traceback
-from nin_cli.files import one_line, refuse_unsafe_tree
+from nin_cli.files import one_line, refuse_unsafe_tree, require_utf8_path
 from nin_cli.overrides import compose_hydra, config_sources, hydra_session, schema_overrides
 from nin_cli.runs import (
     RunPaths,
@@ -103,6 +103,7 @@ def guarded_run_dir(run_dir: Path | None, existed: bool):
         yield
         return
 
+    require_utf8_path(run_dir)
     if existed:
         refuse_unsafe_tree(run_dir)
         refuse_finished_without_checkpoint(RunPaths(run_dir))  # before Hydra rewrites its .hydra/

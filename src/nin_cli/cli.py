@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from nin_cli.errors import ConfigError, NinError
+from nin_cli.errors import ConfigError, NinError, full_disk
 
 
 def _groups_epilog() -> str:
@@ -358,6 +358,10 @@ def main() -> None:
         print("nin: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:  # a bug: the traceback goes to a file, one line on screen
+        if (disk := full_disk(err)) is not None:  # not a bug: the disk is full
+            report_failure(str(disk), disk.exit_code)
+            print(f"nin: error: {disk}", file=sys.stderr)
+            sys.exit(disk.exit_code)
         line = f"internal error ({type(err).__name__}); {_crash_log()}"
         report_failure(line, 1)
         print(f"nin: {line}", file=sys.stderr)

@@ -92,6 +92,19 @@ class InterruptedNow(KeyboardInterrupt):
         self.exit_code = exit_code
 
 
+def full_disk(err: BaseException) -> DataError | None:
+    """A write that met a full disk or quota anywhere (a log, metrics.jsonl, a summary, an export) as the one-line
+    data error it is, instead of a bug's traceback; None for anything else. Checkpoint saves say more
+    (checkpoint.save_checkpoint: the previous checkpoint is intact)."""
+    import errno
+
+    if not isinstance(err, OSError) or err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    where = f" writing {err.filename}" if err.filename else ""
+    return DataError(f"no space left on the device{where} ({err.strerror or 'ENOSPC'}); free space and rerun: every "
+                     "file nin writes is written whole or not at all, and a run resumes from its last checkpoint")
+
+
 def save_traceback(preferred, text: str) -> str:
     """Append a bug's traceback to `preferred` (a run's train.log, or outputs/crash-*.log), else to a file in the
     temp directory; returns the words for the one line on screen: "traceback in PATH", or that it could not be

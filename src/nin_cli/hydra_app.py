@@ -20,7 +20,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from nin_cli.config import NinConfig, to_config
-from nin_cli.errors import ConfigError, DataError, Interrupted, InterruptedNow, NinError, save_traceback
+from nin_cli.errors import (ConfigError, DataError, Interrupted, InterruptedNow, NinError, full_disk,
+                            save_traceback)
 from nin_cli.files import one_line, refuse_unsafe_tree, require_utf8_path
 from nin_cli.overrides import compose_hydra, config_sources, hydra_session, schema_overrides
 from nin_cli.runs import (
@@ -128,6 +129,8 @@ def hydra_run(overrides: list[str], task: Callable[[NinConfig, Path], Any]) -> A
         except (NinError, KeyboardInterrupt):
             raise
         except Exception as err:  # a bug: full traceback to train.log, one line on screen
+            if (disk := full_disk(err)) is not None:  # not a bug: the disk is full (and train.log may be too)
+                raise disk from None
             where = save_traceback(_log_file(run_dir),
                                    f"[{time.strftime('%Y-%m-%d %H:%M:%S')}][CRASH]\n{traceback.format_exc()}")
             raise NinError(_crash_line(err, where)) from None

@@ -21,7 +21,7 @@ from typing import Any
 
 from nin_cli.config import NinConfig, to_dict
 from nin_cli.errors import ConfigError, DataError
-from nin_cli.files import atomic_write, one_line, read_json, read_yaml, refuse_unsafe_tree
+from nin_cli.files import atomic_write, one_line, open_append, read_json, read_yaml, refuse_unsafe_tree
 from nin_cli.overrides import check_replayed_overrides, stored_config_overrides
 
 log = logging.getLogger("nin")
@@ -144,8 +144,8 @@ def provenance(device: str) -> dict:
 
 
 def append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    with open_append(path) as f:  # never through a link planted during the run
+        f.write((json.dumps(row) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
 

@@ -1,0 +1,35 @@
+"""A full disk outside checkpoint saves (metrics.jsonl during training, a plot's PNG) is one line and exit 3 (the
+data error it is), never a bug's traceback; what was on disk stays whole."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from conftest import FAST
+
+
+def no_space(path):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def test_a_full_disk_while_training_is_one_line_and_exit_3(nin, tmp_path, monkeypatch):
+    import nin_cli.train
+
+    monkeypatch.setattr(nin_cli.train, "append_metrics", lambda path, row: no_space(path))
+    result = nin("train", *FAST, "trainer.num_threads=1", f"hydra.run.dir={tmp_path / 'run'}")
+    errors = [line for line in result.err_lines if line.startswith("nin:")]  # beside the epoch's progress line
+    assert result.code == 3 and len(errors) == 1, result.err
+    assert "no space left on the device writing" in errors[0] and "metrics.jsonl" in errors[0]
+    assert "Traceback" not in (tmp_path / "run" / "train.log").read_text()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_full_disk_writing_a_plot_is_one_line_and_exit_3(nin, tiny_run, tmp_path, monkeypatch):
+    import nin_cli.plots
+
+    monkeypatch.setattr(nin_cli.plots, "atomic_write", lambda path, content, **_: no_space(path))
+    result = nin("plot", tiny_run, "--out", tmp_path / "curves.png")
+    assert result.code == 3 and len(result.err_lines) == 1, result.err
+    assert "No space left on device" in result.err and "curves.png" in result.err
+    assert not (tmp_path / "curves.png").exists()

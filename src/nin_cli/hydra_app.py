@@ -20,8 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from nin_cli.config import NinConfig, to_config
-from nin_cli.errors import (ConfigError, DataError, Interrupted, InterruptedNow, NinError, full_disk,
-                            save_traceback)
+from nin_cli.errors import ConfigError, DataError, Interrupted, InterruptedNow, NinError, full_disk, save_traceback
 from nin_cli.files import one_line, refuse_unsafe_tree, require_utf8_path
 from nin_cli.overrides import compose_hydra, config_sources, hydra_session, schema_overrides
 from nin_cli.runs import (

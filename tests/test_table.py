@@ -187,6 +187,25 @@ def test_the_line_counts_seed_slots_names_restarts_and_sums_true_wall_time(nin, 
     assert "| 0.47 ± 0.04 | +0.00 | 2 | 1 | 112.5 min |" in (tmp_path / "out" / "table.md").read_text()
 
 
+def test_the_line_names_the_input_scale_deviation_from_the_runs_config(nin, tmp_path):
+    """A run whose resolved config scales the input (paper_mnist's remedy) has its line say so; a run at scale 1
+    (or from before the key existed) says nothing."""
+    root = tmp_path / "runs"
+    mnist = "MNIST (official files)"
+    for seed, scale in ((0, 64), (1, 64)):
+        run = fake_run(root, "paper_mnist", seed, 0.45, budget="cpu", data=mnist)
+        (run / "config.yaml").write_text(f"experiment: paper_mnist\ndataset:\n  input_scale: {scale}\n")
+    result = nin("table", str(root), "--out", str(tmp_path / "out"))
+    assert result.code == 0, result.err
+    row = read_csv(tmp_path / "out" / "table.csv")["paper_mnist"]
+    assert row["verdict"] == ("reproduced: within ±0.15 at the cpu budget [2 seeds (0, 1); deviation: input × 64 "
+                              "(dataset.input_scale)]")
+    (root / "cpu" / "paper_mnist" / "seed1" / "config.yaml").write_text("experiment: paper_mnist\n")
+    (root / "cpu" / "paper_mnist" / "seed0" / "config.yaml").write_text("dataset:\n  input_scale: 1.0\n")
+    nin("table", str(root), "--out", str(tmp_path / "out"))
+    assert "deviation" not in read_csv(tmp_path / "out" / "table.csv")["paper_mnist"]["verdict"]
+
+
 def test_a_record_from_before_reasons_and_a_lost_clock_is_read_honestly(nin, tmp_path):
     """The results/cpu record this replaced: restarts without reasons (seeds 0 and 1 before the 1000 stride),
     summary seed 2 for slot 0, and a wall_time_s of 1e-5 s from a resume that lost its clock: the line counts one

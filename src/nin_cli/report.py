@@ -135,6 +135,7 @@ class RunRecord:
     restarts: list[dict] = field(default_factory=list)  # {seed, collapsed_at_step, reason, kept_in} per restart
     final_seed: int | None = None  # the seed the finished attempt trained (the slot's, or a restart's)
     command: str = ""
+    deviations: list[str] = field(default_factory=list)  # what the run's config changes that the line must name
 
 
 def _read_json(path: Path) -> dict | None:
@@ -165,6 +166,13 @@ def _custom_meta(config: dict) -> dict:
         f"{name} data" if name in ("synthetic", "digits") else
         "an image folder, not the official files" if name == "imagefolder" else "")
     return {"budget": "custom", "data": data, "comparable": not why, "why_not": why, "seed": tr.get("seed")}
+
+
+def _deviations(config: dict) -> list[str]:
+    """What a run's resolved config changes against the authors' recipe that its table line must say: today the
+    input scale (`paper_mnist`'s remedy for the plateau, BENCHMARKS.md "The remedy, chosen by measurement")."""
+    scale = number((config.get("dataset") or {}).get("input_scale"))
+    return [] if scale is None or scale == 1.0 else [f"input × {scale:g} (dataset.input_scale)"]
 
 
 def _data_tag(meta: dict) -> str:
@@ -246,7 +254,7 @@ def read_run(path: Path) -> RunRecord | None:
     comparable, why_not = _judged(meta, row)
     record = RunRecord(path, row, "incomplete", seed=_seed(meta.get("seed")),
                        budget=str(meta.get("budget", "custom")), data=meta.get("data", ""), comparable=comparable,
-                       why_not=why_not, command=meta.get("command", ""))
+                       why_not=why_not, command=meta.get("command", ""), deviations=_deviations(config))
     if summary is not None:
         record.status = "done"
         record.test_error = summary.get("test_error")
@@ -383,6 +391,9 @@ def seed_story(line: Line) -> str:
             which = "; ".join(f"seed {r.seed}" + (f": {one_line(r.message, 160)}" if r.message else "") for r in hits)
             parts.append(f"{len(hits)} of {n} seeds {word} ({which})")
     parts += [_restarted(r) for r in line.runs if r.restarts]
+    deviations = sorted({d for r in line.runs for d in r.deviations})
+    if deviations:
+        parts.append("deviation: " + ", ".join(deviations))
     return "; ".join(parts)
 
 

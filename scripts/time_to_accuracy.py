@@ -97,6 +97,9 @@ def main() -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--budget-s", type=float, default=3600.0)
     parser.add_argument("--tta", action="store_true", help="score with mirror test-time augmentation")
+    parser.add_argument("--score", choices=("all", "last"), default="all",
+                        help="score every snapshot (the curve) or only the last (the figure at the budget: minutes "
+                             "instead of one `nin eval` per epoch)")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)  # nin train overrides follow --
     args = parser.parse_args(argv[:cut])
@@ -109,7 +112,7 @@ def main() -> int:
     if code not in (0, 143) or not rows:
         print(f"nin train exited {code} with {len(rows)} checkpoints", file=sys.stderr)
         return 1
-    score(rows, args.run_dir, args.tta)
+    score(rows if args.score == "all" else rows[-1:], args.run_dir, args.tta)
     with open(args.run_dir / "curve.jsonl", "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     return 0

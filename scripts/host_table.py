@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import re
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+    return f"{platform.machine()} CPU"  # no "model name" line (ARM): at least the architecture
 
 
 def cpu_flags() -> str:

@@ -112,7 +112,8 @@ def main() -> int:
     if code not in (0, 143) or not rows:
         print(f"nin train exited {code} with {len(rows)} checkpoints", file=sys.stderr)
         return 1
-    score(rows if args.score == "all" else rows[-1:], args.run_dir, args.tta)
+    rows = rows if args.score == "all" else rows[-1:]  # curve.jsonl holds scored rows only (the plot reads them)
+    score(rows, args.run_dir, args.tta)
     with open(args.run_dir / "curve.jsonl", "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     return 0

@@ -149,3 +149,29 @@ def test_the_stored_zca_travels_with_the_checkpoint(nin, tmp_path):
     refit = nin("eval", path, "dataset.zca_bias=0.1000001", "--json")
     assert refit.code == 0, refit.err
     assert refit.json()["nll"] != pytest.approx(reported["nll"], rel=1e-3)
+
+
+@pytest.mark.parametrize("stored_scale, asked, refits", [(None, 1.0, False), (64.0, 64.0, False), (None, 2.0, True)])
+def test_eval_refits_preprocessing_only_when_a_key_really_changed(monkeypatch, stored_scale, asked, refits):
+    """A checkpoint written before a preprocessing key existed (no `input_scale` in its config) had the key's
+    default: evaluated as trained it uses its stored constants, with no refit on the training split."""
+    from types import SimpleNamespace
+
+    from nin_cli import evaluate as evaluate_module
+
+    cfg = load_config([*FAST, f"dataset.input_scale={asked}"])
+    stored = {k: v for k, v in to_dict(cfg)["dataset"].items() if k != "input_scale"}
+    if stored_scale is not None:
+        stored["input_scale"] = stored_scale
+    constants = {"kind": "mean_std", "mean": [0.5] * 3, "std": [0.25] * 3}
+    trained = SimpleNamespace(cfg=cfg, record={"config": {"dataset": stored}}, preprocessing=constants,
+                              classes=[str(i) for i in range(10)], image_shape=[3, 16, 16])
+    given = {}
+
+    def fake_load(ds, device, fitted, splits):
+        given["constants"] = fitted
+        return SimpleNamespace(num_classes=10, image_shape=[3, 16, 16])
+
+    monkeypatch.setattr(evaluate_module, "load_data", fake_load)
+    evaluate_module.load_eval_data(trained, torch.device("cpu"), "test")
+    assert (given["constants"] is None) == refits

@@ -4,7 +4,10 @@ data error it is), never a bug's traceback; what was on disk stays whole."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+
+import pytest
 
 from conftest import FAST
 
@@ -22,7 +25,21 @@ def test_a_full_disk_while_training_is_one_line_and_exit_3(nin, tmp_path, monkey
     assert result.code == 3 and len(errors) == 1, result.err
     assert "no space left on the device writing" in errors[0] and "metrics.jsonl" in errors[0]
     assert "Traceback" not in (tmp_path / "run" / "train.log").read_text()
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert json.loads((tmp_path / "run" / "provenance.json").read_text())["command"]  # the run's records whole
+
+
+def test_a_full_disk_stops_the_table_runner_instead_of_marking_rows_no_data(tmp_path, monkeypatch):
+    """`nin table --run` records missing data per row and goes on; a full disk is not missing data: every next row
+    would meet it too, so it stops there (exit 3) and no row is marked no_data."""
+    from nin_cli import reproduce
+    from nin_cli.errors import DiskFullError, full_disk
+
+    monkeypatch.setattr(reproduce, "_train", lambda overrides: (_ for _ in ()).throw(
+        full_disk(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "x/summary.json"))))
+    plans = reproduce.plan("smoke", ["paper_mnist"], None, tmp_path / "runs")
+    with pytest.raises(DiskFullError, match="no space left on the device writing x/summary.json"):
+        reproduce.run_one(plans[0])
+    assert not (plans[0].run_dir / "outcome.json").exists()
 
 
 def test_a_full_disk_writing_a_plot_is_one_line_and_exit_3(nin, tiny_run, tmp_path, monkeypatch):

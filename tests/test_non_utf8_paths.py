@@ -52,3 +52,15 @@ def test_train_refuses_a_non_utf8_run_directory_before_writing(tmp_path):
     lines = [line for line in proc.stderr.decode(errors="replace").splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "not UTF-8" in lines[0], lines
     assert list(cwd.iterdir()) == []
+
+
+def test_an_onnx_export_to_a_non_utf8_path_is_one_line_exit_2(tiny_run, tmp_path):
+    """ONNX, TorchScript and torch.export write and reload through C++ that takes UTF-8 paths only: refused before
+    anything is written (safetensors, through bytes, works: above)."""
+    folder = tmp_path / os.fsdecode(b"out-\xff")
+    folder.mkdir()
+    proc = nin_bytes("export", tiny_run / "checkpoints" / "best.pt", "--format", "onnx", "--out",
+                     folder / "model.onnx", cwd=tmp_path)
+    lines = [line for line in proc.stderr.decode(errors="replace").splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "not UTF-8" in lines[0], lines
+    assert list(folder.iterdir()) == []

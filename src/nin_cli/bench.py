@@ -173,6 +173,8 @@ def synthetic_data(cfg: NinConfig, device: torch.device, n_train: int, n_eval: i
     stored_float = cfg.dataset.preprocessing.startswith("gcn")
     prep = ({"kind": cfg.dataset.preprocessing} if stored_float
             else {"kind": "mean_std", "mean": [0.5] * shape[0], "std": [0.25] * shape[0]})
+    if cfg.dataset.input_scale != 1.0:  # the multiply training does (stored-float data has it applied already)
+        prep["input_scale"] = cfg.dataset.input_scale
     train = synthetic_split(shape, classes, n_train, stored_float, g)
     test = synthetic_split(shape, classes, n_eval, stored_float, g)
     empty = Split(train.images[:0], train.labels[:0])

@@ -148,6 +148,8 @@ def cached_zca(images: torch.Tensor, cfg: DatasetConfig, device: torch.device) -
 def zca_cache_fits(cached: dict, key: str, dim: int) -> bool:
     """A cache file is trusted only as the fit it names: its own key (a file copied or renamed from another
     training set's fails), float32 shapes (dim,) and (dim, dim), finite values."""
+    if not isinstance(cached, dict):
+        return False
     mean, whiten = cached.get("zca_mean"), cached.get("zca_matrix")
     return (cached.get("key") == key and isinstance(mean, torch.Tensor) and isinstance(whiten, torch.Tensor)
             and mean.dtype == whiten.dtype == torch.float32 and tuple(mean.shape) == (dim,)

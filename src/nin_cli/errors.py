@@ -92,6 +92,10 @@ class InterruptedNow(KeyboardInterrupt):
         self.exit_code = exit_code
 
 
+class DiskFullError(DataError):
+    """A write met a full disk or quota: exit 3 like a data error, but never a reason to go on to the next job."""
+
+
 def full_disk(err: BaseException) -> DataError | None:
     """A write that met a full disk or quota anywhere (a log, metrics.jsonl, a summary, an export) as the one-line
     data error it is, instead of a bug's traceback; None for anything else. Checkpoint saves say more
@@ -101,8 +105,9 @@ def full_disk(err: BaseException) -> DataError | None:
     if not isinstance(err, OSError) or err.errno not in (errno.ENOSPC, errno.EDQUOT):
         return None
     where = f" writing {err.filename}" if err.filename else ""
-    return DataError(f"no space left on the device{where} ({err.strerror or 'ENOSPC'}); free space and rerun: every "
-                     "file nin writes is written whole or not at all, and a run resumes from its last checkpoint")
+    return DiskFullError(f"no space left on the device{where} ({err.strerror or 'ENOSPC'}); free space and rerun: "
+                         "every file nin writes is written whole or not at all, and a run resumes from its last "
+                         "checkpoint")
 
 
 def save_traceback(preferred, text: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from nin_cli.config import DatasetConfig
 from nin_cli.data import Data, load_data
 from nin_cli.errors import ConfigError, DataError
 from nin_cli.files import atomic_write, is_utf8_path, prepare_output_dir
@@ -42,7 +43,8 @@ def load_eval_data(trained, device: torch.device, split: str) -> Data:
     prepared), else fitted afresh on its training split."""
     ds = trained.cfg.dataset
     stored = trained.record["config"].get("dataset", {})
-    refit = any(stored.get(k) != getattr(ds, k) for k in PREPROCESSING_KEYS)
+    defaults = DatasetConfig()  # a key an older checkpoint's config lacks had its default then
+    refit = any(stored.get(k, getattr(defaults, k)) != getattr(ds, k) for k in PREPROCESSING_KEYS)
     data = load_data(ds, device, None if refit else trained.preprocessing, splits=(split,))
     if data.num_classes != len(trained.classes) or data.image_shape != trained.image_shape:
         raise ConfigError(f"dataset={ds.name} gives {data.num_classes} classes of {data.image_shape} images; the "

@@ -30,7 +30,7 @@ from torch import nn
 
 from nin_cli.data import raw_test_images, to_input
 from nin_cli.errors import CheckFailed, ConfigError, DataError
-from nin_cli.files import atomic_write
+from nin_cli.files import atomic_write, require_utf8_path
 from nin_cli.model import Dropout, LocallyConnected2d, build_model
 from nin_cli.trained import load_trained
 
@@ -292,6 +292,8 @@ def export_command(path: Path, fmt: str, out: Path | None, weights: str = "auto"
         raise ConfigError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
     trained = load_trained(path, device="cpu", weights=weights)
     out = Path(out) if out else Path(path).with_name(Path(path).stem + FORMATS[fmt])
+    if fmt != "safetensors":  # written and reloaded by C++ runtimes that take UTF-8 paths only (safetensors: bytes)
+        require_utf8_path(out, f"--format {fmt} export", "its C++ writer and runtime")
     x, source = parity_inputs(trained)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

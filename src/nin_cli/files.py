@@ -112,13 +112,13 @@ def is_utf8_path(path: Path) -> bool:
     return True
 
 
-def require_utf8_path(path: Path, what: str = "run directory") -> None:
-    """Exit 2 before anything is written where a record could not name the path: TensorBoard's event files and
-    Hydra's YAML take UTF-8 names only."""
+def require_utf8_path(path: Path, what: str = "run directory", needs: str = "TensorBoard and Hydra's records") -> None:
+    """Exit 2 before anything is written where a library could not name the path (TensorBoard's event files,
+    Hydra's YAML, the C++ export runtimes take UTF-8 names only)."""
     path = path.absolute()  # a relative name under a non-UTF-8 working directory is one too
     if not is_utf8_path(path):
-        raise ConfigError(f"{os.fsencode(path)!r}: the {what}'s path is not UTF-8 text, which TensorBoard and "
-                          "Hydra's records need; rename the folder or choose hydra.run.dir=/a/utf-8/path")
+        raise ConfigError(f"{os.fsencode(path)!r}: the {what}'s path is not UTF-8 text, which {needs} need; rename "
+                          "the folder or choose a UTF-8 path")
 
 
 def refuse_unsafe_tree(root: Path, what: str = "run directory") -> None:

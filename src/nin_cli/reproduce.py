@@ -35,7 +35,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from nin_cli.errors import CheckFailed, CollapsedError, ConfigError, DataError, DivergedError
+from nin_cli.errors import CheckFailed, CollapsedError, ConfigError, DataError, DiskFullError, DivergedError
 from nin_cli.report import DATA_NAMES, ROW_BY_KEY, ROWS, Row, comparability, failed_checks, line_records, show_table
 from nin_cli.results import read_outcome, read_summary
 from nin_cli.runs import clear_outcome, write_json, write_outcome
@@ -191,6 +191,8 @@ def run_one(run: PlannedRun) -> tuple[str, str]:
     clear_outcome(run.run_dir)
     try:
         summary = _train(run.overrides)
+    except DiskFullError:  # every next row would meet the same disk: stop the table here
+        raise
     except DataError as err:
         status, message, code = "no_data", str(err), err.exit_code
     except DivergedError as err:

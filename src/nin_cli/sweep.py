@@ -41,8 +41,9 @@ from nin_cli.errors import (
     NinError,
     UnknownKeyError,
     UnsafeFileError,
+    full_disk,
 )
-from nin_cli.files import atomic_write, one_line, refuse_unsafe_tree
+from nin_cli.files import atomic_write, one_line, open_append, refuse_unsafe_tree, require_utf8_path
 from nin_cli.hydra_app import hydra_multirun, hydra_private
 from nin_cli.overrides import check_overrides, compose_hydra, hydra_error, hydra_session, schema_overrides
 from nin_cli.results import (
@@ -233,6 +234,7 @@ def guarded_sweep_dir(sweep_dir: Path):
     """A sweep directory checked (no link or special file: exit 4) and locked (one sweep driver at a time: exit 2)
     before any job or study file is written in it."""
 
+    require_utf8_path(sweep_dir, "sweep directory")
     refuse_unsafe_tree(sweep_dir, "sweep directory")
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -325,8 +327,13 @@ def sweep_job(cfg: Any) -> float:
     except NinError as err:
         return record_failure(run_dir, str(err), err.exit_code)
     except Exception as err:  # a bug: the traceback goes to the job's train.log, one line to the summary
-        with open(run_dir / "train.log", "a") as f:
-            f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}][CRASH]\n{traceback.format_exc()}")
+        if (disk := full_disk(err)) is not None:  # not a bug, and every next job would meet the same disk
+            raise disk from None
+        try:
+            with open_append(run_dir / "train.log") as f:  # never through a link
+                f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}][CRASH]\n{traceback.format_exc()}".encode())
+        except (OSError, NinError):
+            pass  # the one line below still names the error
         return record_failure(run_dir, f"internal error ({type(err).__name__}: {err}); traceback in "
                                f"{run_dir / 'train.log'}", 1)
     value = summary.get("best_val_error")

@@ -50,3 +50,16 @@ def test_a_full_disk_writing_a_plot_is_one_line_and_exit_3(nin, tiny_run, tmp_pa
     assert result.code == 3 and len(result.err_lines) == 1, result.err
     assert "No space left on device" in result.err and "curves.png" in result.err
     assert not (tmp_path / "curves.png").exists()
+
+
+def test_a_full_disk_stops_a_sweep_at_the_first_job(nin, tmp_path, monkeypatch):
+    """A sweep records a failed job and goes on; a full disk would fail every next job the same way, so the sweep
+    stops at the first (exit 3, one line) instead of marking every job failed."""
+    import nin_cli.train
+
+    calls = []
+    monkeypatch.setattr(nin_cli.train, "append_metrics", lambda path, row: calls.append(path) or no_space(path))
+    result = nin("sweep", *FAST, "trainer.num_threads=1", "optim.lr=0.1,0.05,0.02", f"hydra.sweep.dir={tmp_path / 's'}")
+    errors = [line for line in result.err_lines if line.startswith("nin:")]
+    assert result.code == 3 and len(errors) == 1 and "no space left on the device" in errors[0], result.err
+    assert len(calls) == 1  # the second and third jobs never started

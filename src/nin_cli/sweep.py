@@ -36,6 +36,7 @@ from nin_cli.config import NinConfig, to_config, to_dict
 from nin_cli.errors import (
     ConfigError,
     DataError,
+    DiskFullError,
     DivergedError,
     Interrupted,
     NinError,
@@ -102,8 +103,9 @@ class JobRow:
 
 
 class _StopSweep(KeyboardInterrupt):
-    """Carries a job's Interrupted (Ctrl-C / SIGTERM, checkpoint written) past Hydra's run_job, which records any
-    Exception as one failed job and launches the next. Plain args (message, exit code) so it pickles."""
+    """Carries a job's Interrupted (Ctrl-C / SIGTERM, checkpoint written) or a full disk past Hydra's run_job, which
+    records any Exception as one failed job and launches the next. Plain args (message, exit code, whether the disk
+    is full) so it pickles."""
 
 
 # --------------------------------------------------------------------------------------------------- planning
@@ -295,7 +297,8 @@ def run_sweep(overrides: list[str], dry_run: bool = False) -> list[JobRow]:
         try:
             hydra_multirun(plan.overrides, sweep_job)
         except _StopSweep as stop:
-            raise Interrupted(*stop.args) from None
+            message, code, disk = (*stop.args, False)[:3]
+            raise (DiskFullError(message) if disk else Interrupted(message, code)) from None
         finally:  # also after Ctrl-C: what finished so far
             if job_dirs(plan.sweep_dir):
                 rows = show_summary(plan.sweep_dir)
@@ -324,11 +327,13 @@ def sweep_job(cfg: Any) -> float:
         summary = _train_job(cfg, run_dir)
     except Interrupted as err:
         raise _StopSweep(str(err), err.exit_code) from None
+    except DiskFullError as err:  # every next job would meet the same disk: the sweep stops here
+        raise _stop_for_disk(run_dir, err) from None
     except NinError as err:
         return record_failure(run_dir, str(err), err.exit_code)
     except Exception as err:  # a bug: the traceback goes to the job's train.log, one line to the summary
         if (disk := full_disk(err)) is not None:  # not a bug, and every next job would meet the same disk
-            raise disk from None
+            raise _stop_for_disk(run_dir, disk) from None
         try:
             with open_append(run_dir / "train.log") as f:  # never through a link
                 f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}][CRASH]\n{traceback.format_exc()}".encode())
@@ -381,6 +386,15 @@ def _finished_run(cfg: NinConfig, run_dir: Path) -> dict | None:
         raise ConfigError(f"{run_dir} holds a run of another config (an earlier sweep?); sweep into a new "
                           "hydra.sweep.dir")
     return read_summary(run_dir)
+
+
+def _stop_for_disk(run_dir: Path, err: DiskFullError) -> _StopSweep:
+    """The job recorded as failed where the disk still allows it, and the stop that ends the sweep."""
+    try:
+        record_failure(run_dir, str(err), err.exit_code)
+    except (OSError, NinError):
+        pass  # the full disk again: the one line on screen still says it
+    return _StopSweep(str(err), err.exit_code, True)
 
 
 def record_failure(run_dir: Path, reason: str, exit_code: int) -> float:

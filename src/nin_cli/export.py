@@ -150,7 +150,7 @@ def export_safetensors(model: torch.nn.Module, out: Path, config: dict | None = 
     metadata = {"format": "pt", "nin_config": json.dumps(inference_config(config or {}))}
     if notes:
         metadata["nin_dropout"] = dropout_note(notes)
-    out.write_bytes(save(tensors, metadata=metadata))  # `out` is the temp name export renames after parity
+    atomic_write(out, save(tensors, metadata=metadata))  # the one writer: never through a link at the temp name
 
 
 def reload_runner(fmt: str, out: Path, trained) -> Callable[[torch.Tensor], torch.Tensor]:
